@@ -1,0 +1,92 @@
+"""The NMP heads' GEMM formulations equal the plain TF-SAME convolution they replace."""
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amt_jax.audio.harmonic import harmonic_shifts, harmonic_stack
+from amt_jax.models import nmp
+
+# Jitted once per static configuration: eager dispatch of the many small ops is slower.
+conv_same = jax.jit(nmp.conv_same, static_argnames=("freq_stride", "dtype"))
+toeplitz_conv = jax.jit(nmp.toeplitz_conv, static_argnames=("freq_stride", "block", "dtype"))
+single_output_conv = jax.jit(nmp.single_output_conv, static_argnames=("dtype",))
+harmonic_conv = jax.jit(nmp.harmonic_conv, static_argnames=("shifts", "n_out_bins", "block"))
+
+
+def _random(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    n_bins=st.integers(5, 40),
+    kernel_time=st.integers(1, 5),
+    kernel_freq=st.integers(1, 7),
+    channels=st.integers(1, 3),
+    outputs=st.integers(1, 3),
+    stride=st.sampled_from([1, 3]),
+    block=st.integers(1, 9),
+    seed=st.integers(0, 100),
+)
+def test_toeplitz_conv_equals_conv(
+    n_bins, kernel_time, kernel_freq, channels, outputs, stride, block, seed
+):
+    x = _random((2, 6, n_bins, channels), seed)
+    kernel = _random((kernel_time, kernel_freq, channels, outputs), seed + 1)
+    bias = _random((outputs,), seed + 2)
+    want = conv_same(x, kernel, bias, freq_stride=stride)
+    got = toeplitz_conv(x, kernel, bias, freq_stride=stride, block=block)
+    assert got.shape == want.shape == (2, 6, -(-n_bins // stride), outputs)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [(7, 3, 32, 1), (3, 3, 33, 1), (2, 4, 3, 2)])
+def test_single_output_conv_equals_conv(kernel):
+    x = _random((2, 9, 17, kernel[2]), 0)
+    weights = _random(kernel, 1)
+    bias = _random(kernel[3:], 2)
+    want = conv_same(x, weights, bias)
+    got = single_output_conv(x, weights, bias)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("harmonics", "n_out", "block"),
+    [
+        ((0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), 264, 24),  # Basic Pitch: 1 edge block/side
+        ((0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), 264, 7),  # several edge blocks per side
+        ((1.0, 2.0, 3.0), 60, 100),  # one block holding both edges
+    ],
+)
+def test_harmonic_conv_equals_conv_of_the_stack(harmonics, n_out, block):
+    shifts = harmonic_shifts(harmonics, 3)
+    n_in = n_out + 45
+    x = np.abs(_random((2, 5, n_in), 3))
+    kernel = _random((3, 39, len(harmonics), 4), 4)
+    bias = _random((4,), 5)
+    stack = harmonic_stack(x, harmonics=harmonics, bins_per_semitone=3, n_output_bins=n_out)
+    want = conv_same(stack, kernel, bias)
+    got = harmonic_conv(x, kernel, bias, shifts=shifts, n_out_bins=n_out, block=block)
+    assert got.shape == want.shape == (2, 5, n_out, 4)
+    # Edge bins (own kernels) and interior bins (shared combined kernel) alike.
+    np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-5)
+
+
+def test_bfloat16_convs_use_bfloat16_operands_and_return_float32():
+    x = _random((1, 4, 30, 2), 6)
+    kernel = _random((3, 5, 2, 1), 7)
+    for conv in (nmp.conv_same, nmp.toeplitz_conv, nmp.single_output_conv):
+        out = conv(x, kernel, dtype="bfloat16")
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, conv(x, kernel), atol=0.1, rtol=0.05)
+        dtypes = {
+            str(eqn.invars[0].aval.dtype)
+            for eqn in jax.make_jaxpr(lambda a, k, conv=conv: conv(a, k, dtype="bfloat16"))(
+                x, kernel
+            ).jaxpr.eqns
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general")
+        }
+        assert dtypes == {"bfloat16"}
