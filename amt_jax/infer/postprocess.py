@@ -101,17 +101,20 @@ def infer_onsets(onset_tp: np.ndarray, note_tp: np.ndarray, n_diff: int = 2) -> 
     the start), clipped at 0, blanked on the first ``n_diff`` frames and rescaled so its
     peak equals the peak onset; the result is the elementwise max with the onsets.
     """
-    diffs = []
+    # float64 throughout, as basic-pitch (its zero padding is float64).
+    note_tp = np.asarray(note_tp, np.float64)
+    rise_tp = None
     for lag in range(1, n_diff + 1):
-        padded = np.concatenate([np.zeros((lag, note_tp.shape[1])), note_tp])
-        diffs.append(padded[lag:] - padded[:-lag])
-    rise_tp = np.min(diffs, axis=0)
-    rise_tp[rise_tp < 0] = 0
+        diff_tp = np.empty_like(note_tp)
+        diff_tp[:lag] = note_tp[:lag]  # minus the zero padding
+        np.subtract(note_tp[lag:], note_tp[:-lag], out=diff_tp[lag:])
+        rise_tp = diff_tp if rise_tp is None else np.minimum(rise_tp, diff_tp, out=rise_tp)
+    np.maximum(rise_tp, 0, out=rise_tp)
     rise_tp[:n_diff] = 0
     peak = np.max(rise_tp)
     # basic-pitch divides unguarded (NaN on a flat posterior); a flat posterior adds nothing.
     rise_tp = np.max(onset_tp) * rise_tp / peak if peak > 0 else rise_tp
-    return np.max([onset_tp, rise_tp], axis=0)
+    return np.maximum(onset_tp, rise_tp)
 
 
 def _strict_time_peaks(x_tp: np.ndarray) -> np.ndarray:
@@ -123,12 +126,20 @@ def _strict_time_peaks(x_tp: np.ndarray) -> np.ndarray:
     return peaks
 
 
-def _zero_neighbourhood(energy_tp: np.ndarray, times, pitch: int) -> None:
-    energy_tp[times, pitch] = 0
-    if pitch < N_PITCHES - 1:
-        energy_tp[times, pitch + 1] = 0
-    if pitch > 0:
-        energy_tp[times, pitch - 1] = 0
+def _trace_end(below_t: bytes, tolerance: int) -> tuple[int, int]:
+    """basic-pitch's trace loop over the frames it may visit, in visiting order.
+
+    ``below_t``: one byte per frame, 1 where the energy is under the frame threshold. The
+    loop visits frames until ``tolerance`` consecutive ones are below or the frames run
+    out; returns (frames visited, trailing below count). A substring search finds the
+    first run, so no Python loop runs per frame.
+    """
+    if tolerance <= 0:
+        return 0, 0
+    run = below_t.find(b"\x01" * tolerance)
+    if run >= 0:
+        return run + tolerance, tolerance
+    return len(below_t), len(below_t) - 1 - below_t.rfind(b"\x00")
 
 
 def note_events_in_frames(
@@ -149,6 +160,13 @@ def note_events_in_frames(
     Notes from onset peaks come first (latest onset first, higher pitch first within a
     frame), then melodia-trick notes in order of decreasing peak energy. A note is kept only
     when ``end - start > min_note_frames``.
+
+    Same notes, in the same order, as the frame-by-frame loops of basic-pitch, computed
+    faster: each trace is one vectorised scan of a pitch's column (the loop only reads the
+    column it walks, and its zeroing never touches a frame it reads later), and the melodia
+    trick's repeated global argmax is one sort of the remaining energy (values only ever
+    drop to zero, so the next argmax is the next entry of the sorted list not yet zeroed;
+    ties in flat index order, as ``np.argmax``).
     """
     note_tp = np.array(note_tp, copy=True)
     onset_tp = np.array(onset_tp, copy=True)
@@ -157,56 +175,71 @@ def note_events_in_frames(
             f"note and onset posteriors must both be [frames, pitches], got {note_tp.shape} "
             f"and {onset_tp.shape}"
         )
-    n_frames = note_tp.shape[0]
+    if melodia_trick and not frame_threshold >= 0:
+        # basic-pitch's melodia loop never ends for a negative threshold (zeroed cells stay
+        # above it); refuse instead of hanging.
+        raise ValueError(f"frame_threshold must be >= 0, got {frame_threshold}")
+    n_frames, n_pitches = note_tp.shape
     _constrain_frequency(onset_tp, note_tp, min_freq, max_freq)
     if use_inferred_onsets:
         onset_tp = infer_onsets(onset_tp, note_tp)
 
     peak_tp = np.where(_strict_time_peaks(onset_tp), onset_tp, 0.0)
     onset_times, onset_pitches = np.nonzero(peak_tp >= onset_threshold)
-    remaining_tp = note_tp.copy()  # energy not yet claimed by a note
+    # Energy not yet claimed by a note, pitch-major so a pitch's frames are contiguous, and
+    # whether each cell is under the frame threshold (kept in step when cells are zeroed).
+    remaining_pt = note_tp.T.copy(order="C")  # a copy even where .T is contiguous
+    below_pt = (remaining_pt < frame_threshold).astype(np.uint8)
+    # (compared as the posteriors are: a float32 array against a Python float is float32)
+    zero_is_below = np.uint8(np.zeros((), remaining_pt.dtype) < frame_threshold)
+
+    def clear(first: int, stop: int, pitch: int) -> None:
+        remaining_pt[max(pitch - 1, 0) : pitch + 2, first:stop] = 0
+        below_pt[max(pitch - 1, 0) : pitch + 2, first:stop] = zero_is_below
 
     events: list[tuple[int, int, int, float]] = []
-    for start, pitch in zip(onset_times[::-1], onset_pitches[::-1]):
+    for start, pitch in zip(onset_times[::-1].tolist(), onset_pitches[::-1].tolist()):
         if start >= n_frames - 1:
             continue
-        i = start + 1
-        below = 0  # consecutive frames under the threshold
-        while i < n_frames - 1 and below < energy_tolerance:
-            below = below + 1 if remaining_tp[i, pitch] < frame_threshold else 0
-            i += 1
-        end = i - below
+        # frames start+1 .. n-2 may be visited; the note ends before the trailing run
+        visited, below = _trace_end(
+            below_pt[pitch, start + 1 : n_frames - 1].tobytes(), energy_tolerance
+        )
+        end = start + 1 + visited - below
         if end - start <= min_note_frames:
             continue
-        _zero_neighbourhood(remaining_tp, slice(start, end), pitch)
-        events.append(
-            (int(start), int(end), int(pitch) + MIDI_OFFSET, note_tp[start:end, pitch].mean())
-        )
+        clear(start, end, pitch)
+        events.append((start, end, pitch + MIDI_OFFSET, note_tp[start:end, pitch].mean()))
 
-    if melodia_trick:
-        while np.max(remaining_tp) > frame_threshold:
-            middle, pitch = np.unravel_index(np.argmax(remaining_tp), remaining_tp.shape)
-            remaining_tp[middle, pitch] = 0
-
-            i, below = middle + 1, 0
-            while i < n_frames - 1 and below < energy_tolerance:
-                below = below + 1 if remaining_tp[i, pitch] < frame_threshold else 0
-                _zero_neighbourhood(remaining_tp, i, pitch)
-                i += 1
-            end = i - 1 - below
-
-            i, below = middle - 1, 0
-            while i > 0 and below < energy_tolerance:
-                below = below + 1 if remaining_tp[i, pitch] < frame_threshold else 0
-                _zero_neighbourhood(remaining_tp, i, pitch)
-                i -= 1
-            start = i + 1 + below
-
-            if end - start <= min_note_frames:
-                continue
-            events.append(
-                (int(start), int(end), int(pitch) + MIDI_OFFSET, note_tp[start:end, pitch].mean())
+    if not melodia_trick:
+        return events
+    flat = remaining_pt.T.reshape(-1)  # time-major copy: np.argmax's tie order
+    candidates = np.flatnonzero(flat > frame_threshold)
+    order = candidates[np.argsort(-flat[candidates], kind="stable")]
+    for index in order.tolist():
+        middle, pitch = divmod(index, n_pitches)
+        if not remaining_pt[pitch, middle] > frame_threshold:
+            continue  # claimed since the sort (values only drop to 0)
+        remaining_pt[pitch, middle] = 0
+        below_pt[pitch, middle] = zero_is_below
+        if middle + 1 < n_frames - 1:
+            visited, below = _trace_end(
+                below_pt[pitch, middle + 1 : n_frames - 1].tobytes(), energy_tolerance
             )
+            clear(middle + 1, middle + 1 + visited, pitch)
+            end = middle + visited - below
+        else:
+            end = middle
+        if middle > 1:
+            backward = below_pt[pitch, middle - 1 : 0 : -1]  # frames middle-1 .. 1
+            visited, below = _trace_end(backward.tobytes(), energy_tolerance)
+            clear(middle - visited, middle, pitch)
+            start = middle - visited + below
+        else:
+            start = middle
+        if end - start <= min_note_frames:
+            continue
+        events.append((start, end, pitch + MIDI_OFFSET, note_tp[start:end, pitch].mean()))
     return events
 
 
@@ -270,13 +303,41 @@ def basic_pitch_note_events(
         energy_tolerance=energy_tolerance,
     )
     times_s = model_frames_to_time(contour_tf.shape[0])
-    events = []
-    for start, end, pitch, amplitude in frame_events:
-        bends = (
-            pitch_bends_from_contour(contour_tf, start, end, pitch) if include_pitch_bends else None
-        )
-        events.append(NoteEvent(times_s[start], times_s[end], pitch, amplitude, bends))
-    return events
+    bends = (
+        _pitch_bends_of_notes(contour_tf, frame_events)
+        if include_pitch_bends
+        else [None] * len(frame_events)
+    )
+    return [
+        NoteEvent(times_s[start], times_s[end], pitch, amplitude, note_bends)
+        for (start, end, pitch, amplitude), note_bends in zip(frame_events, bends)
+    ]
+
+
+def _pitch_bends_of_notes(
+    contour_tf: np.ndarray, frame_events: Sequence[tuple], tolerance_bins: int = 25
+) -> list[list[int]]:
+    """:func:`pitch_bends_from_contour` of every note at once (one gather, one argmax).
+
+    Bins outside the contour are padded with -inf, below any weighted contour value,
+    so the argmax and its tie order are those of the cropped window.
+    """
+    if not frame_events:
+        return []
+    starts = np.array([e[0] for e in frame_events])
+    ends = np.array([e[1] for e in frame_events])
+    centres = CONTOUR_BINS_PER_SEMITONE * (np.array([e[2] for e in frame_events]) - MIDI_OFFSET)
+    lengths = np.maximum(ends - starts, 0)
+    frames = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    contour_tf = np.asarray(contour_tf)
+    width = 2 * tolerance_bins + 1
+    padded = np.full((contour_tf.shape[0], contour_tf.shape[1] + width - 1), -np.inf)
+    padded[:, tolerance_bins : tolerance_bins + contour_tf.shape[1]] = contour_tf
+    first = frames * padded.shape[1] + np.repeat(centres, lengths)  # window start, flat
+    window = np.take(padded.reshape(-1), first[:, None] + np.arange(width)[None, :])
+    weighted = window * _gaussian_window(width, 5.0)
+    bends = np.argmax(weighted, axis=1) - tolerance_bins
+    return [part.tolist() for part in np.split(bends, np.cumsum(lengths)[:-1])]
 
 
 def _drop_overlapping_bends(events: Sequence[NoteEvent]) -> list[NoteEvent]:

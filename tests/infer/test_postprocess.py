@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from amt_jax.infer import postprocess as pp
@@ -47,6 +48,97 @@ def test_frequency_limits_keep_only_the_band(vocadito):
     assert events and all(45 <= e.pitch < 51 for e in events)
     full = pp.basic_pitch_note_events(outputs)
     assert len(events) < len(full)
+
+
+def _loop_note_events(note, onset, onset_threshold, frame_threshold, min_frames, tolerance):
+    """basic-pitch's trace and melodia loops written frame by frame (the reference that the
+    vectorised decoder must match note for note, in order)."""
+    n_frames, n_pitches = note.shape
+    onset = pp.infer_onsets(onset, note)
+    peaks = np.zeros(onset.shape, bool)
+    peaks[1:-1] = (onset[1:-1] > onset[:-2]) & (onset[1:-1] > onset[2:])
+    times, pitches = np.nonzero(np.where(peaks, onset, 0) >= onset_threshold)
+    remaining = note.copy()
+
+    def zero(rows, pitch):
+        remaining[rows, max(pitch - 1, 0) : pitch + 2] = 0
+
+    events = []
+    for start, pitch in zip(times[::-1], pitches[::-1]):
+        if start >= n_frames - 1:
+            continue
+        i, below = start + 1, 0
+        while i < n_frames - 1 and below < tolerance:
+            below = below + 1 if remaining[i, pitch] < frame_threshold else 0
+            i += 1
+        end = i - below
+        if end - start > min_frames:
+            zero(slice(start, end), pitch)
+            events.append((start, end, pitch + 21, note[start:end, pitch].mean()))
+    while np.max(remaining) > frame_threshold:
+        middle, pitch = np.unravel_index(np.argmax(remaining), remaining.shape)
+        remaining[middle, pitch] = 0
+        i, below = middle + 1, 0
+        while i < n_frames - 1 and below < tolerance:
+            below = below + 1 if remaining[i, pitch] < frame_threshold else 0
+            zero(i, pitch)
+            i += 1
+        end = i - 1 - below
+        i, below = middle - 1, 0
+        while i > 0 and below < tolerance:
+            below = below + 1 if remaining[i, pitch] < frame_threshold else 0
+            zero(i, pitch)
+            i -= 1
+        start = i + 1 + below
+        if end - start > min_frames:
+            events.append((start, end, pitch + 21, note[start:end, pitch].mean()))
+    return events
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 6)),
+    seed=st.integers(0, 2**16),
+    levels=st.sampled_from([0, 3]),  # 3: values on a coarse grid, so argmax ties happen
+    onset_threshold=st.floats(0.2, 0.8),
+    frame_threshold=st.floats(0.0, 0.7),
+    min_frames=st.integers(0, 4),
+    tolerance=st.integers(0, 5),
+)
+def test_vectorised_note_creation_equals_the_frame_loops(
+    shape, seed, levels, onset_threshold, frame_threshold, min_frames, tolerance
+):
+    rng = np.random.default_rng(seed)
+    note = rng.random(shape).astype(np.float32) ** 2
+    if levels:
+        note = np.round(note * levels) / levels
+    onset = rng.random(shape).astype(np.float32) ** 3
+    got = pp.note_events_in_frames(
+        note,
+        onset,
+        onset_threshold=onset_threshold,
+        frame_threshold=frame_threshold,
+        min_note_frames=min_frames,
+        energy_tolerance=tolerance,
+    )
+    want = _loop_note_events(note, onset, onset_threshold, frame_threshold, min_frames, tolerance)
+    assert [tuple(map(int, e[:3])) for e in got] == [tuple(map(int, e[:3])) for e in want]
+    assert [e[3] for e in got] == [e[3] for e in want]
+
+
+def test_batched_pitch_bends_equal_per_note_bends(vocadito):
+    outputs, _ = vocadito
+    contour = outputs["contour"]
+    rng = np.random.default_rng(0)
+    notes = [(0, 5, 21, 0.5), (10, 40, 108, 0.5), (3, 4, 60, 0.5), (7, 7, 30, 0.5)]
+    notes += [(s, s + int(rng.integers(1, 30)), int(rng.integers(21, 109)), 0.5) for s in range(50)]
+    batched = pp._pitch_bends_of_notes(contour, notes)
+    assert batched == [pp.pitch_bends_from_contour(contour, s, e, p) for s, e, p, _ in notes]
+
+
+def test_negative_frame_threshold_is_refused_not_an_endless_loop():
+    with pytest.raises(ValueError, match="frame_threshold"):
+        pp.note_events_in_frames(np.ones((5, 3)), np.ones((5, 3)), frame_threshold=-0.1)
 
 
 def test_model_frames_to_time_applies_per_window_correction():
