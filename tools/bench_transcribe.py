@@ -2,6 +2,7 @@
 
     python tools/bench_transcribe.py speed                 # 60 s file, amt_jax vs basic-pitch TF
     python tools/bench_transcribe.py speed --bp-python /path/to/venv/bin/python
+    python tools/bench_transcribe.py stages                # amt_jax's time per stage (60 s file)
     python tools/bench_transcribe.py memory                # 7 m 45 s file, every model family
 
 speed: the same 60 s synthetic polyphonic wav (``amt_jax.audio.testsignals``) is
@@ -10,9 +11,16 @@ resampling, windows, model, note creation) and by basic-pitch 0.4.0's ``predict(
 its TensorFlow backend, in a separate virtualenv (created on first use under
 ``$AMT_JAX_CACHE/basic_pitch_0.4.0_venv`` with ``python3 -m venv`` and
 ``pip install basic-pitch==0.4.0 "tensorflow<2.15.1"``; Python 3.11). basic-pitch runs in
-a subprocess that times ``predict()`` itself. Both: one warm-up call, then the median of
-``--rounds`` calls. Notes are compared with mir_eval (onset F1 and onset+offset F1 of
-amt_jax's notes against basic-pitch's).
+a subprocess that times ``predict()`` itself. Both: one warm-up call, then ``--rounds``
+interleaved rounds (one basic-pitch ``predict()``, then one amt_jax ``transcribe()``, so a
+change of the machine's load hits both), and the medians. Notes are compared with mir_eval
+(onset F1 and onset+offset F1 of amt_jax's notes against basic-pitch's).
+
+stages: where amt_jax's time goes on the same 60 s file, stage by stage (file read and
+resampling, window batches, the model per batch and its parts down to each conv, transfer
+to the host, stitching, note creation, pitch bends, NoteSequence), median of ``--rounds``
+interleaved rounds; the stages run separately, so their sum is close to but not exactly
+one ``transcribe()``.
 
 memory: peak RSS (``/usr/bin/time -v``, Debian package ``time``) of a fresh process that
 transcribes a 7 m 45 s 44.1 kHz file with each family: NMP with the imported weights;
@@ -35,24 +43,55 @@ import time
 from pathlib import Path
 
 BASIC_PITCH_SCRIPT = r"""
-import json, sys, time, statistics
-path, rounds = sys.argv[1], int(sys.argv[2])
+import json, sys, time
+path = sys.argv[1]
 t0 = time.perf_counter()
 from basic_pitch import ICASSP_2022_MODEL_PATH
 from basic_pitch.inference import Model, predict
 model = Model(ICASSP_2022_MODEL_PATH)
 load_s = time.perf_counter() - t0
 predict(path, model)  # warm-up (librosa / numba caches, TF graph)
-times = []
-for _ in range(rounds):
+print(json.dumps({"load_s": load_s, "backend": type(model.model).__module__}), flush=True)
+for line in sys.stdin:  # one timed predict() per line, so rounds interleave with amt_jax's
     t = time.perf_counter()
     _, _, events = predict(path, model)
-    times.append(time.perf_counter() - t)
-print(json.dumps({
-    "load_s": load_s, "times": times, "backend": type(model.model).__module__,
-    "notes": [[float(e[0]), float(e[1]), int(e[2]), float(e[3])] for e in events],
-}))
+    elapsed = time.perf_counter() - t
+    print(json.dumps({
+        "seconds": elapsed,
+        "notes": [[float(e[0]), float(e[1]), int(e[2]), float(e[3])] for e in events],
+    }), flush=True)
 """
+
+
+class BasicPitchProcess:
+    """basic-pitch 0.4.0 in its own interpreter, timing one ``predict()`` per request."""
+
+    def __init__(self, python: str, path: str):
+        self.process = subprocess.Popen(
+            [python, "-c", BASIC_PITCH_SCRIPT, path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.kill()
+            raise SystemExit(f"basic-pitch failed:\n{self.process.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def predict(self) -> dict:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def cache_dir() -> Path:
@@ -106,27 +145,24 @@ def speed(args) -> dict:
     write_test_file(path, args.seconds, 22050)
 
     bp_python = ensure_basic_pitch_python(args.bp_python)
-    run = subprocess.run(
-        [bp_python, "-c", BASIC_PITCH_SCRIPT, path, str(args.rounds)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
-    )
-    if run.returncode != 0:
-        raise SystemExit(f"basic-pitch failed:\n{run.stderr[-3000:]}")
-    basic_pitch = json.loads(run.stdout.strip().splitlines()[-1])
-
+    basic_pitch_process = BasicPitchProcess(bp_python, path)  # loads and warms up
     started = time.perf_counter()
     transcriber = Transcriber("nmp", batch_size=args.batch_size)
     setup_s = time.perf_counter() - started
     started = time.perf_counter()
     transcriber.transcribe(path)  # warm-up: compiles the model once
     compile_s = time.perf_counter() - started
-    times = []
-    for _ in range(args.rounds):
+    times, bp_times = [], []
+    load_averages = [os.getloadavg()[0]]
+    for _ in range(args.rounds):  # interleaved: the machine's load hits both alike
+        bp_round = basic_pitch_process.predict()
+        bp_times.append(bp_round["seconds"])
         started = time.perf_counter()
         result = transcriber.transcribe(path)
         times.append(time.perf_counter() - started)
+        load_averages.append(os.getloadavg()[0])
+    basic_pitch_process.close()
+    basic_pitch = {**basic_pitch_process.info, "times": bp_times, "notes": bp_round["notes"]}
 
     reference = metrics.note_arrays(sequence_from_events(basic_pitch["notes"]))
     estimate = metrics.note_arrays(result.sequence)
@@ -147,6 +183,8 @@ def speed(args) -> dict:
         "note_f1_onset": round(onset_f1, 4),
         "note_f1_onset_offset": round(offset_f1, 4),
         "batch_size": transcriber.batch_size,
+        "load_average_1min": [round(value, 2) for value in load_averages],
+        "round_ratios": [round(b / a, 2) for b, a in zip(bp_times, times)],
     }
     print(json.dumps(report, indent=1))
     print(
@@ -154,6 +192,129 @@ def speed(args) -> dict:
         f"amt_jax is {bp_median / ours_median:.2f}x basic-pitch (goal >= 2); note F1 "
         f"{onset_f1:.4f} (onset) / {offset_f1:.4f} (onset+offset), goal 1.0"
     )
+    return report
+
+
+def stages(args) -> dict:
+    """amt_jax's NMP pipeline on the 60 s file, timed stage by stage (interleaved rounds)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from amt_jax.audio.harmonic import harmonic_shifts
+    from amt_jax.infer import postprocess
+    from amt_jax.infer.transcribe import Transcriber, batched, nmp_window_starts, read_mono
+    from amt_jax.models import nmp
+
+    workdir = tempfile.mkdtemp(prefix="bench_transcribe_")
+    path = os.path.join(workdir, "poly60.wav")
+    write_test_file(path, args.seconds, 22050)
+    transcriber = Transcriber("nmp", batch_size=args.batch_size)
+    transcriber.transcribe(path)  # compiles
+    model, state = transcriber.model, transcriber._state
+    config = model.config
+    graphdef = nnx.graphdef(model)
+
+    def part(fn):
+        return jax.jit(lambda state, x: fn(nnx.merge(graphdef, state), x))
+
+    audio = read_mono(path, nmp.SAMPLE_RATE)
+    starts = nmp_window_starts(audio.shape[0])
+    batches = list(batched(starts, audio, nmp.WINDOW_SAMPLES, transcriber.batch_size))
+    first = jnp.asarray(batches[0][0])
+    frontend = part(lambda m, x: m.frontend(x, use_running_average=True))
+    normed = frontend(state, first)
+    shifts = harmonic_shifts(config.harmonics, config.bins_per_semitone)
+    contour_conv = part(
+        lambda m, x: nmp.harmonic_conv(
+            x,
+            *m.contour_conv.weights,
+            shifts=shifts,
+            n_out_bins=config.n_contour_bins,
+            block=config.contour_block,
+        )
+    )
+    hidden = jax.nn.relu(contour_conv(state, normed))
+    contour_out = part(
+        lambda m, x: nmp.toeplitz_conv(x, *m.contour_out.weights, block=config.contour_out_block)
+    )
+    contour = jax.nn.sigmoid(contour_out(state, hidden))
+    note_conv = part(lambda m, x: m.note_conv(x))
+    note_hidden = jax.nn.relu(note_conv(state, contour))
+    note_out = part(lambda m, x: nmp.single_output_conv(x, *m.note_out.weights))
+    stack_fn = part(lambda m, x: m._stack(x))
+    stack = stack_fn(state, normed)
+    onset_conv = part(lambda m, x: m.onset_conv(x))
+    onset_in = jnp.concatenate(
+        [jax.nn.sigmoid(note_out(state, note_hidden)), onset_conv(state, stack)], axis=-1
+    )
+    onset_out = part(lambda m, x: nmp.single_output_conv(x, *m.onset_out.weights))
+    predict = transcriber._predict
+    outputs = predict(state, first)
+    posteriors = transcriber.nmp_posteriors(audio)
+    frame_events = postprocess.note_events_in_frames(posteriors["note"], posteriors["onset"])
+    events = postprocess.basic_pitch_note_events(posteriors)
+    per_batch = {
+        "model: CQT + NormalizedLog + input BN": (frontend, normed.shape, (state, first)),
+        "model: contour conv 3x39x8->8 (harmonic_conv)": (contour_conv, None, (state, normed)),
+        "model: contour out 5x5x8->1 (toeplitz_conv)": (contour_out, None, (state, hidden)),
+        "model: note conv 7x7x1->32 /3 (XLA conv)": (note_conv, None, (state, contour)),
+        "model: note out 7x3x32->1 (single_output_conv)": (note_out, None, (state, note_hidden)),
+        "model: harmonic stack (onset input)": (stack_fn, None, (state, normed)),
+        "model: onset conv 5x5x8->32 /3 (XLA conv)": (onset_conv, None, (state, stack)),
+        "model: onset out 3x3x33->1 (single_output_conv)": (onset_out, None, (state, onset_in)),
+        "model: whole predict (one jit)": (predict, None, (state, first)),
+    }
+    whole_file = {
+        "file read + resample (read_mono)": lambda: read_mono(path, nmp.SAMPLE_RATE),
+        "window batches (host)": lambda: list(
+            batched(starts, audio, nmp.WINDOW_SAMPLES, transcriber.batch_size)
+        ),
+        "model outputs to host (np.asarray, per batch)": lambda: {
+            k: np.asarray(v) for k, v in outputs.items()
+        },
+        "windows -> model -> stitched posteriors (nmp_posteriors)": lambda: (
+            transcriber.nmp_posteriors(audio)
+        ),
+        "note creation (note_events_in_frames)": lambda: postprocess.note_events_in_frames(
+            posteriors["note"], posteriors["onset"]
+        ),
+        "pitch bends + times (rest of basic_pitch_note_events)": lambda: (
+            postprocess._pitch_bends_of_notes(posteriors["contour"], frame_events)
+        ),
+        "NoteSequence (note_events_to_sequence)": lambda: postprocess.note_events_to_sequence(
+            events
+        ),
+        "whole transcribe(path)": lambda: transcriber.transcribe(path),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in [*per_batch, *whole_file]}
+    load_averages = [os.getloadavg()[0]]
+    for _ in range(args.rounds):
+        for name, (fn, _, fn_args) in per_batch.items():
+            jax.block_until_ready(fn(*fn_args))
+            started = time.perf_counter()
+            jax.block_until_ready(fn(*fn_args))
+            timings[name].append(time.perf_counter() - started)
+        for name, fn in whole_file.items():
+            started = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - started)
+        load_averages.append(os.getloadavg()[0])
+    n_batches = len(batches)
+    report = {"batches": n_batches, "batch_size": transcriber.batch_size, "stages_s": {}}
+    print(f"{len(starts)} windows in {n_batches} batches of {transcriber.batch_size}")
+    for name, values in timings.items():
+        median = statistics.median(values)
+        if name in per_batch:
+            report["stages_s"][name] = round(median * n_batches, 4)
+            total = median * n_batches
+            print(f"{name:58s} {median * 1000:8.1f} ms/batch x {n_batches} = {total:.3f} s")
+        else:
+            report["stages_s"][name] = round(median, 4)
+            print(f"{name:58s} {median:8.3f} s")
+    report["load_average_1min"] = [round(value, 2) for value in load_averages]
+    print(json.dumps(report, indent=1))
     return report
 
 
@@ -218,6 +379,10 @@ def main() -> None:
     speed_parser.add_argument("--rounds", type=int, default=5)
     speed_parser.add_argument("--batch-size", type=int, default=None)
     speed_parser.add_argument("--bp-python", help="python of an env with basic-pitch 0.4.0")
+    stages_parser = sub.add_parser("stages")
+    stages_parser.add_argument("--seconds", type=float, default=60.0)
+    stages_parser.add_argument("--rounds", type=int, default=5)
+    stages_parser.add_argument("--batch-size", type=int, default=None)
     memory_parser = sub.add_parser("memory")
     memory_parser.add_argument("--seconds", type=float, default=465.0)
     memory_parser.add_argument("--models", default="nmp,onsets_frames,mt3")
@@ -227,7 +392,8 @@ def main() -> None:
     one_parser.add_argument("--compilation-cache", help="persistent XLA cache directory")
     one_parser.add_argument("file")
     args = parser.parse_args()
-    {"speed": speed, "memory": memory, "one": transcribe_one}[args.mode](args)
+    modes = {"speed": speed, "stages": stages, "memory": memory, "one": transcribe_one}
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":
