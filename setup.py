@@ -49,4 +49,5 @@ setup(
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["amt-jax = amt_jax.infer.cli:console_main"]},
     include_package_data=True,
+    package_data={"amt_jax.audio": ["filterbanks/*.npz"]},
 )

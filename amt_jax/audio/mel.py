@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -83,18 +84,10 @@ def mel_filterbank(config: MelConfig, dtype: np.dtype = np.float32) -> np.ndarra
 
 @functools.lru_cache(maxsize=16)
 def _mel_filterbank_float64(config: MelConfig) -> np.ndarray:
-    n_freqs = config.n_fft // 2 + 1
     if config.filterbank == "tf":
-        import tensorflow as tf  # only for its filterbank definition
-
-        matrix = tf.signal.linear_to_mel_weight_matrix(
-            num_mel_bins=config.n_mels,
-            num_spectrogram_bins=n_freqs,
-            sample_rate=config.sample_rate,
-            lower_edge_hertz=config.fmin,
-            upper_edge_hertz=config.fmax,
-            dtype=tf.float64,
-        ).numpy()
+        matrix = _packaged_filterbank(config)
+        if matrix is None:
+            matrix = tf_signal_filterbank(config)
     elif config.filterbank == "librosa":
         import librosa
 
@@ -112,6 +105,40 @@ def _mel_filterbank_float64(config: MelConfig) -> np.ndarray:
         raise ValueError(f"Unknown mel filterbank {config.filterbank!r}; use 'tf' or 'librosa'")
     matrix = np.ascontiguousarray(matrix, dtype=np.float64)
     matrix.setflags(write=False)
+    return matrix
+
+
+def tf_signal_filterbank(config: MelConfig) -> np.ndarray:
+    """``tf.signal.linear_to_mel_weight_matrix`` in float64 (imports TensorFlow)."""
+    import tensorflow as tf  # only for its filterbank definition
+
+    return tf.signal.linear_to_mel_weight_matrix(
+        num_mel_bins=config.n_mels,
+        num_spectrogram_bins=config.n_fft // 2 + 1,
+        sample_rate=config.sample_rate,
+        lower_edge_hertz=config.fmin,
+        upper_edge_hertz=config.fmax,
+        dtype=tf.float64,
+    ).numpy()
+
+
+def packaged_filterbank_path(config: MelConfig) -> pathlib.Path:
+    """Where tf.signal's float64 matrix for a config is stored in the package."""
+    name = (
+        f"tf_mel_{config.n_mels}x{config.n_fft // 2 + 1}_sr{config.sample_rate}"
+        f"_{config.fmin:g}-{config.fmax:g}hz.npz"
+    )
+    return pathlib.Path(__file__).parent / "filterbanks" / name
+
+
+def _packaged_filterbank(config: MelConfig) -> np.ndarray | None:
+    """tf.signal's float64 matrix saved in the package (MT3's), so inference skips TensorFlow."""
+    path = packaged_filterbank_path(config)
+    if not path.exists():
+        return None
+    with np.load(path) as stored:
+        matrix = np.zeros(tuple(stored["shape"]), np.float64)
+        matrix[stored["rows"], stored["cols"]] = stored["values"]
     return matrix
 
 
@@ -314,5 +341,7 @@ __all__ = [
     "log_mel_chunked",
     "mel_filterbank",
     "mel_spectrogram",
+    "packaged_filterbank_path",
     "spectrogram",
+    "tf_signal_filterbank",
 ]

@@ -1,5 +1,10 @@
 """Log-mel against tf.signal (MT3) and librosa (Onsets and Frames) references."""
 
+import dataclasses
+import os
+import subprocess
+import sys
+
 import jax
 import librosa
 import numpy as np
@@ -102,3 +107,37 @@ def test_frame_counts():
     assert mel.MT3_MEL.num_frames(32768) == 256
     assert mel.MT3_MEL.num_frames(32769) == 257
     assert mel.ONSETS_FRAMES_MEL.num_frames(16000) == 32
+
+
+def test_packaged_mt3_filterbank_is_tf_signals_matrix_bit_for_bit():
+    """The stored matrix (so transcription skips TensorFlow) is tf.signal's, unchanged."""
+    config = mel.MT3_MEL
+    assert mel.packaged_filterbank_path(config).exists()
+    reference = mel.tf_signal_filterbank(config)
+    np.testing.assert_array_equal(mel._packaged_filterbank(config), reference)
+    np.testing.assert_array_equal(mel.mel_filterbank(config), reference.astype(np.float32))
+    # Other configs have no stored matrix and go to tf.signal itself.
+    other = dataclasses.replace(config, n_mels=80, fmin=125.0)
+    assert mel._packaged_filterbank(other) is None
+    np.testing.assert_array_equal(
+        mel.mel_filterbank(other),
+        tf.signal.linear_to_mel_weight_matrix(80, 1025, 16000, 125.0, 7600.0, tf.float64)
+        .numpy()
+        .astype(np.float32),
+    )
+
+
+def test_mt3_log_mel_does_not_import_tensorflow():
+    code = (
+        "import sys, numpy as np\n"
+        "from amt_jax.audio import mel\n"
+        "out = mel.log_mel(np.zeros((1, 4096), np.float32), mel.MT3_MEL)\n"
+        "assert out.shape == (1, 32, 512), out.shape\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
