@@ -26,7 +26,12 @@ memory: peak RSS (``/usr/bin/time -v``, Debian package ``time``) of a fresh proc
 transcribes a 7 m 45 s 44.1 kHz file with each family: NMP with the imported weights;
 Onsets and Frames and MT3 at their published sizes with *random* weights (memory does
 not depend on the weights; MT3 decodes the full 1024 tokens per segment since a random
-model never emits EOS, which is its worst case).
+model never emits EOS, which is its worst case). Each child also reports its peak after
+the imports, after building the model and after transcribing, and whether TensorFlow got
+imported; ``--trace-dir`` writes its RSS once a second. MT3 at full length takes hours on
+2 cores (227 segments x 1024 greedy steps): its decoding state has a fixed size, so the
+peak is reached in the first batch and stays flat, which a short run with a trace shows
+(``memory --models mt3 --seconds 16.384 --runs cold --trace-dir DIR``).
 """
 
 from __future__ import annotations
@@ -53,11 +58,12 @@ load_s = time.perf_counter() - t0
 predict(path, model)  # warm-up (librosa / numba caches, TF graph)
 print(json.dumps({"load_s": load_s, "backend": type(model.model).__module__}), flush=True)
 for line in sys.stdin:  # one timed predict() per line, so rounds interleave with amt_jax's
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     _, _, events = predict(path, model)
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
     print(json.dumps({
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "notes": [[float(e[0]), float(e[1]), int(e[2]), float(e[3])] for e in events],
     }), flush=True)
 """
@@ -67,22 +73,28 @@ class BasicPitchProcess:
     """basic-pitch 0.4.0 in its own interpreter, timing one ``predict()`` per request."""
 
     def __init__(self, python: str, path: str):
+        # stderr to a file: a pipe nobody reads could fill up and block TensorFlow.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [python, "-c", BASIC_PITCH_SCRIPT, path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.stderr,
             text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
         )
         self.info = self._read()
 
     def _read(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.kill()
-            raise SystemExit(f"basic-pitch failed:\n{self.process.stderr.read()[-3000:]}")
-        return json.loads(line)
+        """The next JSON line (basic-pitch prints progress messages on stdout too)."""
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                self.process.kill()
+                self.stderr.seek(0)
+                raise SystemExit(f"basic-pitch failed:\n{self.stderr.read()[-3000:]}")
+            if line.startswith("{"):
+                return json.loads(line)
 
     def predict(self) -> dict:
         self.process.stdin.write("run\n")
@@ -92,6 +104,7 @@ class BasicPitchProcess:
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=60)
+        self.stderr.close()
 
 
 def cache_dir() -> Path:
@@ -152,14 +165,16 @@ def speed(args) -> dict:
     started = time.perf_counter()
     transcriber.transcribe(path)  # warm-up: compiles the model once
     compile_s = time.perf_counter() - started
-    times, bp_times = [], []
+    times, bp_times, cpu_times, bp_cpu_times = [], [], [], []
     load_averages = [os.getloadavg()[0]]
     for _ in range(args.rounds):  # interleaved: the machine's load hits both alike
         bp_round = basic_pitch_process.predict()
         bp_times.append(bp_round["seconds"])
-        started = time.perf_counter()
+        bp_cpu_times.append(bp_round["cpu_seconds"])
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = transcriber.transcribe(path)
         times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
         load_averages.append(os.getloadavg()[0])
     basic_pitch_process.close()
     basic_pitch = {**basic_pitch_process.info, "times": bp_times, "notes": bp_round["notes"]}
@@ -185,6 +200,13 @@ def speed(args) -> dict:
         "batch_size": transcriber.batch_size,
         "load_average_1min": [round(value, 2) for value in load_averages],
         "round_ratios": [round(b / a, 2) for b, a in zip(bp_times, times)],
+        # CPU seconds (all threads of each process): less sensitive to other processes'
+        # load than wall time, so a second view of the same rounds on a busy machine
+        "basic_pitch_cpu_s": [round(t, 3) for t in bp_cpu_times],
+        "amt_jax_cpu_s": [round(t, 3) for t in cpu_times],
+        "cpu_ratio_median": round(
+            statistics.median(bp_cpu_times) / statistics.median(cpu_times), 2
+        ),
     }
     print(json.dumps(report, indent=1))
     print(
@@ -318,25 +340,62 @@ def stages(args) -> dict:
     return report
 
 
+def memory_status_mb() -> dict[str, int]:
+    """This process's resident set now and its peak so far (``/proc/self/status``), MB."""
+    values = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":")
+                values[name] = int(value.split()[0]) // 1024
+    return {"rss": values["VmRSS"], "peak": values["VmHWM"]}
+
+
+def start_memory_trace(path: str, interval_s: float = 1.0) -> None:
+    """Append "seconds rss_mb peak_mb" to ``path`` every ``interval_s`` (daemon thread)."""
+    import threading
+
+    started = time.perf_counter()
+    trace = open(path, "w")  # noqa: SIM115 - lives as long as the process
+
+    def sample():
+        while True:
+            now = memory_status_mb()
+            trace.write(f"{time.perf_counter() - started:.1f} {now['rss']} {now['peak']}\n")
+            trace.flush()
+            time.sleep(interval_s)
+
+    threading.Thread(target=sample, daemon=True).start()
+
+
 def transcribe_one(args) -> None:
     """Child process of the memory mode: one file, one model family."""
+    if args.trace:
+        start_memory_trace(args.trace)
+    started = time.perf_counter()
     from amt_jax.infer.transcribe import Transcriber
 
+    stages = {"imports": memory_status_mb()["peak"]}
     if args.compilation_cache:
         from amt_jax.infer.cli import enable_compilation_cache
 
         enable_compilation_cache(args.compilation_cache)
-    started = time.perf_counter()
     kwargs = {"random_weights": args.model != "nmp"}
     if args.batch_size:
         kwargs["batch_size"] = args.batch_size
-    result = Transcriber(args.model, **kwargs).transcribe(args.file)
+    transcriber = Transcriber(args.model, **kwargs)
+    stages["model built"] = memory_status_mb()["peak"]
+    result = transcriber.transcribe(args.file)
+    stages["transcribed"] = memory_status_mb()["peak"]
     print(
         json.dumps(
             {
                 "model": args.model,
+                "batch_size": transcriber.batch_size,
                 "notes": len(result.sequence.notes),
                 "seconds": round(time.perf_counter() - started, 1),
+                "peak_mb_after": stages,
+                "tensorflow_imported": "tensorflow" in sys.modules,
             }
         )
     )
@@ -346,27 +405,35 @@ def memory(args) -> dict:
     time_binary = "/usr/bin/time"
     if not os.path.exists(time_binary):
         raise SystemExit("needs GNU time: apt-get install time (in AMT_JAX_APT_PACKAGES)")
-    workdir = tempfile.mkdtemp(prefix="bench_transcribe_")
-    path = os.path.join(workdir, "long.wav")
-    write_test_file(path, args.seconds, 44100)
-    compile_cache = os.path.join(workdir, "jax_compilation_cache")  # starts empty
-    results = {}
-    # "cold": first run, XLA compiles in the process; "warm": the CLI's persistent
-    # compilation cache holds the executables (every later run of the CLI).
-    for model in args.models.split(","):
-        for run_kind in ("cold", "warm"):
-            command = [time_binary, "-v", sys.executable, __file__, "one", "--model", model]
-            command += ["--compilation-cache", compile_cache, path]
-            run = subprocess.run(command, capture_output=True, text=True)
-            match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
-            key = f"{model}/{run_kind}"
-            if run.returncode != 0 or not match:
-                results[key] = {"error": run.stderr[-2000:]}
-                print(f"{key}: failed\n{run.stderr[-2000:]}", flush=True)
-                continue
-            child = json.loads(run.stdout.strip().splitlines()[-1])
-            results[key] = {"peak_rss_mb": round(int(match.group(1)) / 1024, 1), **child}
-            print(f"{key}: peak RSS {results[key]['peak_rss_mb']} MB ({child})", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_transcribe_") as workdir:
+        path = os.path.join(workdir, "long.wav")
+        write_test_file(path, args.seconds, 44100)
+        compile_cache = os.path.join(workdir, "jax_compilation_cache")  # starts empty
+        results = {}
+        # "cold": first run, XLA compiles in the process; "warm": the CLI's persistent
+        # compilation cache holds the executables (every later run of the CLI).
+        for model in args.models.split(","):
+            for run_kind in args.runs.split(","):
+                command = [time_binary, "-v", sys.executable, __file__, "one", "--model", model]
+                command += ["--compilation-cache", compile_cache, path]
+                if args.batch_size:
+                    command += ["--batch-size", str(args.batch_size)]
+                if args.trace_dir:
+                    os.makedirs(args.trace_dir, exist_ok=True)
+                    trace = os.path.join(args.trace_dir, f"{model}_{run_kind}.txt")
+                    command += ["--trace", trace]
+                load = os.getloadavg()[0]
+                run = subprocess.run(command, capture_output=True, text=True)
+                match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
+                key = f"{model}/{run_kind}"
+                if run.returncode != 0 or not match:
+                    results[key] = {"error": run.stderr[-2000:]}
+                    print(f"{key}: failed\n{run.stderr[-2000:]}", flush=True)
+                    continue
+                child = json.loads(run.stdout.strip().splitlines()[-1])
+                peak_mb = round(int(match.group(1)) / 1024, 1)
+                results[key] = {"peak_rss_mb": peak_mb, "load_before": round(load, 2), **child}
+                print(f"{key}: peak RSS {peak_mb} MB ({results[key]})", flush=True)
     print(json.dumps({"audio_s": args.seconds, "results": results}, indent=1))
     return results
 
@@ -386,10 +453,14 @@ def main() -> None:
     memory_parser = sub.add_parser("memory")
     memory_parser.add_argument("--seconds", type=float, default=465.0)
     memory_parser.add_argument("--models", default="nmp,onsets_frames,mt3")
+    memory_parser.add_argument("--runs", default="cold,warm", help="cold, warm or both")
+    memory_parser.add_argument("--batch-size", type=int, help="default: the family's")
+    memory_parser.add_argument("--trace-dir", help="write each run's RSS over time here")
     one_parser = sub.add_parser("one")
     one_parser.add_argument("--model", default="nmp")
     one_parser.add_argument("--batch-size", type=int, default=None)
     one_parser.add_argument("--compilation-cache", help="persistent XLA cache directory")
+    one_parser.add_argument("--trace", help="file for the RSS trace (one line a second)")
     one_parser.add_argument("file")
     args = parser.parse_args()
     modes = {"speed": speed, "stages": stages, "memory": memory, "one": transcribe_one}
