@@ -21,10 +21,13 @@ way, then resampled once with soxr (the resampler librosa, and so basic-pitch, u
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,7 +52,14 @@ NMP_OPTION_DEFAULTS = {
 }
 ONSETS_FRAMES_OPTION_DEFAULTS = {"onset_threshold": 0.5, "frame_threshold": 0.5}
 MT3_OPTION_DEFAULTS: dict[str, Any] = {}
+#: windows per model call, chosen for peak memory on long files (docs/benchmarks.md).
+#: O&F: one chunk per call; a second row adds ~200 MB of conv temporaries at ~10 % more
+#: speed. MT3: each row adds 39 MB of decoding state (25 MB of it the KV cache at 1024
+#: tokens); a batch of 8 peaks at 1040 MB, 4 at 898 MB. Notes do not depend on the batch.
+DEFAULT_BATCH_SIZES = {"nmp": 8, "onsets_frames": 1, "mt3": 4}
 _BLOCK_FRAMES = 1 << 18
+#: at most one ``malloc_trim`` per this many seconds (each costs tens of ms)
+_TRIM_INTERVAL_S = 2.0
 
 
 class TranscriptionError(RuntimeError):
@@ -271,6 +281,29 @@ def random_model(family: str, config: Any = None, seed: int = 0) -> nnx.Module:
     return model
 
 
+# --- memory --------------------------------------------------------------------------------
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
+
+    XLA:CPU allocates each call's temporaries (and the compiler its working memory) on the
+    C heap; glibc keeps freed chunks mapped, so without this the resident set drifts up by
+    100-150 MB and the next call's temporaries stack on top of it. No-op elsewhere.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 # --- windowing -------------------------------------------------------------------------------
 
 
@@ -347,7 +380,7 @@ class Transcriber:
                 f"the {self.family} model has no published weights in amt_jax; train one "
                 f"(python -m amt_jax.train ...) and pass --checkpoint WORKDIR"
             )
-        self.batch_size = batch_size or {"nmp": 8, "mt3": 8, "onsets_frames": 2}[self.family]
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZES[self.family]
         self.vocabulary = vocabulary
         self.chunk_frames = chunk_frames
         self.context_frames = context_frames
@@ -366,6 +399,8 @@ class Transcriber:
                 return nnx.merge(graphdef, state).predict({"audio_bs": audio_bs})
 
         self._predict = jax.jit(predict)
+        self._last_trim = -math.inf
+        release_freed_heap()  # what building the model (and random init) left behind
 
     @property
     def sample_rate(self) -> int:
@@ -373,7 +408,11 @@ class Transcriber:
 
     def _run(self, batch_bs: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._predict(self._state, jnp.asarray(batch_bs))
-        return {name: np.asarray(value) for name, value in outputs.items()}
+        outputs = {name: np.asarray(value) for name, value in outputs.items()}
+        if time.perf_counter() - self._last_trim > _TRIM_INTERVAL_S:
+            release_freed_heap()  # first call: the compiler's memory; then call temporaries
+            self._last_trim = time.perf_counter()
+        return outputs
 
     # -- per family ------------------------------------------------------------------------
 

@@ -135,6 +135,49 @@ def test_mt3_segments_are_batched_and_stitched():
     assert result.stats["segments"] == 3
 
 
+def test_batch_size_changes_memory_only_not_outputs():
+    """The default batches were lowered for memory: notes and tokens must not change.
+
+    XLA compiles each batch shape on its own, so O&F posteriors may differ in the last
+    float32 bit between batch sizes (as the zero-padded last batch always could); notes
+    and greedy tokens must be identical.
+    """
+    from amt_jax.models.onsets_frames import ONSETS_FRAMES_TINY
+    from amt_jax.models.t5 import MT3Config
+
+    audio = harmonic_tones(sample_rate=16000, seconds=3.0)
+    transcriber = tx.Transcriber(
+        "onsets_frames",
+        random_weights=True,
+        config=ONSETS_FRAMES_TINY,
+        chunk_frames=32,
+        context_frames=16,
+    )
+    assert transcriber.batch_size == 1  # the default
+    results = []
+    for batch_size in (1, 2):  # same weights; the jitted function compiles per batch shape
+        transcriber.batch_size = batch_size
+        results.append(transcriber.transcribe(audio, sample_rate=16000, frame_threshold=0.45))
+    for name in ("onset", "offset", "frame", "velocity"):
+        np.testing.assert_allclose(
+            results[0].posteriors[name], results[1].posteriors[name], rtol=0, atol=1e-6
+        )
+    notes = [
+        [(n.pitch, n.start_time, n.end_time, n.velocity) for n in result.sequence.notes]
+        for result in results
+    ]
+    assert len(notes[0]) > 0 and notes[0] == notes[1]
+    transcriber = tx.Transcriber(
+        "mt3", random_weights=True, config=MT3Config.tiny(vocab_size=1536), max_decode_length=16
+    )
+    tokens = []
+    for batch_size in (1, 2):  # 3 segments: batches of 1, and of 2 + 1 padded
+        transcriber.batch_size = batch_size
+        tokens.append(transcriber.mt3_tokens(np.tile(audio, 2)))
+    assert tokens[0].shape == (3, 16)
+    np.testing.assert_array_equal(tokens[0], tokens[1])
+
+
 def test_restore_model_from_a_training_checkpoint(tmp_path):
     import optax
 
