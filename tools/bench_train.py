@@ -1,20 +1,27 @@
 """T5-small (MT3) train-step time and MFU on CPU, against a matmul peak measured in the same run.
 
-Usage: python tools/bench_train.py [--batch 2] [--steps 3] [--rounds 3] [--matmul 4096]
+Usage: python tools/bench_train.py [--batch 2] [--steps 2] [--rounds 3] [--dtype float32]
 
-Builds the real full-size MT3 (T5.1.1-small, mt3 vocabulary) through the trainer (one
-device, Adafactor as MT3, float32), times jitted train steps on random audio/targets of
-MT3's shapes (2.048 s segments, 1024 target tokens), and reports
+Builds the real full-size MT3 (T5.1.1-small, mt3 vocabulary, dropout 0.1, z-loss) through
+the trainer (one device, MT3's Adafactor, on-device log-mel front end), times jitted train
+steps on random audio and 1024 non-padding target tokens (so every matmul FLOP is useful
+work), and reports
 
-  MFU = (XLA cost-analysis FLOPs per step / median step time) / fp32 matmul FLOP/s,
+  MFU = (model FLOPs per step / median step time) / fp32 matmul FLOP/s.
 
-where the matmul peak (an N x N x N float32 jnp matmul) is timed in the same rounds,
-interleaved with the steps, because this machine's speed drifts. Issue 6's goal: >= 0.6.
+Model FLOPs are the matmul FLOPs of the traced train step (every dot_general of the
+forward and backward pass, read off the jaxpr), cross-checked against a closed-form count
+of T5's matmuls (3x the forward, less the unneeded input gradient of the mel projection)
+and against XLA's cost analysis of the compiled step (which also counts element-wise ops).
+The peak is the best of N^3 float32 matmuls (N in --peak-sizes) probed once; that size is
+then re-timed before and after every round of steps, because this machine's speed drifts,
+and the median of those is the denominator. Issue 6's goal: MFU >= 0.6 in float32.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -25,19 +32,50 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from amt_jax.models.t5 import T5_SMALL, MT3Model  # noqa: E402
+from amt_jax.models.t5 import T5_SMALL, MT3Config, MT3Model  # noqa: E402
 from amt_jax.partitioning import mesh as mesh_lib  # noqa: E402
+from amt_jax.train import precision  # noqa: E402
 from amt_jax.train.optimizers import mt3_adafactor  # noqa: E402
 from amt_jax.train.trainer import Trainer, model_factory  # noqa: E402
 
 
-def matmul_seconds(size: int) -> float:
+def matmul_rate(size: int, repeats: int = 2) -> float:
+    """Best-of-``repeats`` FLOP/s of an N x N x N float32 matmul."""
     a = jnp.ones((size, size), jnp.float32)
     fn = jax.jit(lambda x: x @ x)
     fn(a).block_until_ready()
-    t0 = time.perf_counter()
-    fn(a).block_until_ready()
-    return time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def closed_form_flops(config: MT3Config, batch: int) -> float:
+    """Matmul FLOPs of one fwd + bwd step of MT3's T5, counted by hand.
+
+    Forward per example: projections 2*tokens*d_in*d_out, attention scores and context
+    2 * 2*q*k*heads*head_dim (causal self-attention counted in full, as computed).
+    Backward = 2x forward, except the mel projection, whose input needs no gradient.
+    """
+    d, hd, mlp = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
+    t, length = config.inputs_length, config.targets_length
+
+    def attention(q: int, k: int) -> float:
+        return 2 * q * d * hd + 2 * 2 * k * d * hd + 2 * 2 * q * k * hd + 2 * q * hd * d
+
+    def ffn(n: int) -> float:
+        return 3 * 2 * n * d * mlp
+
+    mel_projection = 2 * t * config.input_depth * d
+    encoder = config.num_encoder_layers * (attention(t, t) + ffn(t))
+    decoder = config.num_decoder_layers * (
+        attention(length, length) + attention(length, t) + ffn(length)
+    )
+    logits = 2 * length * d * config.vocab_size
+    forward = mel_projection + encoder + decoder + logits
+    return batch * (3 * forward - mel_projection)
 
 
 def main() -> None:
@@ -45,50 +83,70 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2, help="train steps per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--matmul", type=int, default=4096, help="matmul size for the peak")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--peak-sizes", default="2048,3072,4096", help="matmul sizes probed for the fp32 peak"
+    )
     args = parser.parse_args()
 
+    config = dataclasses.replace(T5_SMALL, dtype=args.dtype)
     mesh = mesh_lib.make_mesh(data=1, model=1, devices=jax.devices()[:1])
-    trainer = Trainer(model_factory(MT3Model, T5_SMALL), mt3_adafactor(), mesh)
+    trainer = Trainer(model_factory(MT3Model, config), mt3_adafactor(), mesh)
     state = trainer.init_state()
     rng = np.random.default_rng(0)
     host = {
         "audio_bs": (0.1 * rng.standard_normal((args.batch, 32768))).astype(np.float32),
-        "targets_bl": rng.integers(3, 1300, (args.batch, 1024)).astype(np.int32),
+        "targets_bl": rng.integers(3, 1300, (args.batch, config.targets_length)).astype(np.int32),
     }
-    host["targets_bl"][:, 900:] = 0  # some padding, EOS before it
-    host["targets_bl"][:, 899] = 1
+    host["targets_bl"][:, -1] = config.eos_id  # a full segment: no padding positions
     batch = trainer.global_batch(host)
-    flops = trainer.train_step_flops(state, batch)
+
+    xla_flops = trainer.train_step_flops(state, batch) or float("nan")
+    with trainer._context():
+        by_dtype = precision.matmul_flops_by_dtype(trainer._train_step, state, batch)
+    traced_flops = sum(by_dtype.values())
+    hand_flops = closed_form_flops(config, args.batch)
     t0 = time.perf_counter()
     state, metrics = trainer.train_step(state, batch)
     jax.block_until_ready(metrics)
     print(
-        f"T5-small MT3, batch {args.batch}, {sum(x.size for x in jax.tree.leaves(state.params))}"
-        f" params; compile + first step {time.perf_counter() - t0:.1f} s; "
-        f"{flops / 1e9:.0f} GFLOP per step (XLA cost analysis)"
+        f"T5-small MT3 {args.dtype}, batch {args.batch}, "
+        f"{sum(x.size for x in jax.tree.leaves(state.params))} params; compile + first step "
+        f"{time.perf_counter() - t0:.1f} s\nFLOPs per step: {traced_flops / 1e9:.1f} G matmul "
+        f"(traced jaxpr; {', '.join(f'{k} {v / 1e9:.1f} G' for k, v in by_dtype.items())}), "
+        f"{hand_flops / 1e9:.1f} G closed form, {xla_flops / 1e9:.1f} G XLA cost analysis "
+        f"(incl. element-wise)"
     )
-    step_times, peaks = [], []
+    sizes = [int(s) for s in args.peak_sizes.split(",")]
+    probe = {size: matmul_rate(size) for size in sizes}
+    size = max(probe, key=probe.get)
+    print(
+        "matmul probe: "
+        + ", ".join(f"{n}^3 {rate / 1e9:.1f} GFLOP/s" for n, rate in probe.items())
+        + f" -> peak size {size}"
+    )
+    step_times, peaks = [], [probe[size]]
     for r in range(args.rounds):
-        peaks.append(2 * args.matmul**3 / matmul_seconds(args.matmul))
         for _ in range(args.steps):
             t0 = time.perf_counter()
             state, metrics = trainer.train_step(state, batch)
             jax.block_until_ready(metrics)
             step_times.append(time.perf_counter() - t0)
-        peaks.append(2 * args.matmul**3 / matmul_seconds(args.matmul))
+        peaks.append(matmul_rate(size))
         print(
             f"round {r}: steps {[f'{t:.2f}' for t in step_times[-args.steps :]]} s, "
-            f"matmul {peaks[-1] / 1e9:.0f} GFLOP/s, loss {float(metrics['loss']):.1f}"
+            f"matmul {peaks[-1] / 1e9:.1f} GFLOP/s, loss {float(metrics['loss']):.1f}"
         )
     step = float(np.median(step_times))
     peak = float(np.median(peaks))
-    achieved = flops / step
+    achieved = traced_flops / step
     print(
-        f"median step {step:.2f} s -> {achieved / 1e9:.1f} GFLOP/s; fp32 matmul "
-        f"{args.matmul}^3 in the same rounds {peak / 1e9:.1f} GFLOP/s; "
-        f"MFU {achieved / peak:.2f} (goal >= 0.6); "
-        f"{args.batch * 256 / step:.0f} encoder / {args.batch * 1024 / step:.0f} decoder tokens/s"
+        f"median step {step:.2f} s -> {achieved / 1e9:.1f} GFLOP/s (matmul FLOPs); "
+        f"fp32 matmul {size}^3 in the same rounds {peak / 1e9:.1f} GFLOP/s; "
+        f"MFU {achieved / peak:.2f} (goal >= 0.6 in float32); "
+        f"{args.batch * config.inputs_length / step:.0f} encoder / "
+        f"{args.batch * config.targets_length / step:.0f} decoder tokens/s; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
 
 

@@ -146,7 +146,7 @@ class EncoderLayer(nnx.Module):
             rngs=rngs,
             **dtypes,
         )
-        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = layers.Dropout(config.dropout_rate, rngs=rngs)
 
     def __call__(self, x_btd: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         normed = self.pre_attention_layer_norm(x_btd)
@@ -189,7 +189,7 @@ class DecoderLayer(nnx.Module):
             rngs=rngs,
             **dtypes,
         )
-        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = layers.Dropout(config.dropout_rate, rngs=rngs)
 
     def _cross_and_mlp(
         self,
@@ -275,7 +275,7 @@ class Encoder(nnx.Module):
         self.encoder_norm = layers.RMSNorm(
             config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **dtypes
         )
-        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = layers.Dropout(config.dropout_rate, rngs=rngs)
 
     def __call__(self, inputs_btf: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         inputs_btf = constrain(inputs_btf, ("batch", "time", "mel"))
@@ -302,7 +302,7 @@ class Decoder(nnx.Module):
         self.decoder_norm = layers.RMSNorm(
             config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **dtypes
         )
-        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = layers.Dropout(config.dropout_rate, rngs=rngs)
         # untied output projection, computed in float32 whatever the activation dtype
         self.logits_dense = layers.DenseGeneral(
             config.emb_dim,
