@@ -15,6 +15,11 @@ decay 0.999 (slim defaults). Dropout after conv1/conv2 drops 75 % as in the pape
 (slim's *keep* probability 0.25; magenta later changed it to keep 0.75), 50 % after the
 dense layer. LSTMs use a single bias per gate and no forget-gate offset (cuDNN-compatible
 semantics). 22,600,568 trainable parameters at the published sizes (reference §1.8).
+
+Mixed precision (``OnsetsFramesConfig.dtype = 'bfloat16'``) follows the t5x policy MT3
+uses: parameters, BatchNorm statistics and optimizer state stay float32; convolutions, the
+dense layers of the conv stacks and the LSTM matmuls run in bfloat16; the log-mel front
+end, the LSTM cell state, the output layers (logits), sigmoids and losses stay float32.
 """
 
 from __future__ import annotations
@@ -60,9 +65,15 @@ class OnsetsFramesConfig:
     stop_onset_gradient: bool = True
     stop_offset_gradient: bool = True
     velocity_loss_weight: float = 1.0
+    #: activation / matmul dtype ("float32" or "bfloat16"); parameters stay float32
+    dtype: str = "float32"
     #: training / evaluation segment length (MAESTRO chunks are 5-20 s); a whole number of
     #: hops (20 s = 625 hops) so consecutive segments tile the frame grid
     segment_seconds: float = 20.0
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
     @property
     def frames_per_second(self) -> float:
@@ -89,6 +100,7 @@ class ConvStack(nnx.Module):
     """The per-head acoustic model: 3 conv/BN/ReLU blocks, pooling, dense + ReLU."""
 
     def __init__(self, config: OnsetsFramesConfig, *, rngs: nnx.Rngs):
+        self.dtype = jnp.dtype(config.dtype)
         self.convs = nnx.List()
         self.norms = nnx.List()
         self.dropouts = nnx.List()
@@ -104,6 +116,7 @@ class ConvStack(nnx.Module):
                     use_bias=False,
                     kernel_init=_VARIANCE_SCALING,
                     kernel_metadata=_meta("kernel_time", "kernel_freq", "conv_in", "conv_out"),
+                    dtype=self.dtype,
                     rngs=rngs,
                 )
             )
@@ -114,6 +127,7 @@ class ConvStack(nnx.Module):
                     epsilon=config.batch_norm_epsilon,
                     momentum=config.batch_norm_momentum,
                     bias_metadata=_meta("channels"),
+                    dtype=self.dtype,  # statistics are reduced in float32 whatever this is
                     rngs=rngs,
                 )
             )
@@ -128,12 +142,13 @@ class ConvStack(nnx.Module):
             kernel_init=_VARIANCE_SCALING,
             kernel_metadata=_meta("embed", "mlp"),
             bias_metadata=_meta("mlp"),
+            dtype=self.dtype,
             rngs=rngs,
         )
         self.dense_dropout = nnx.Dropout(config.fc_dropout, rngs=rngs)
 
     def __call__(self, mel_btf: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
-        x = mel_btf[..., None]
+        x = mel_btf[..., None].astype(self.dtype)
         for conv, norm, dropout, pool in zip(self.convs, self.norms, self.dropouts, self.pool):
             x = jax.nn.relu(norm(conv(x), use_running_average=deterministic))
             if pool:
@@ -150,11 +165,22 @@ class LSTM(nnx.Module):
     """One LSTM direction with fused gates (i, f, g, o), one bias, no forget offset.
 
     The input projection of all time steps is one matmul outside the scan; only the
-    recurrent [hidden, 4·hidden] product runs step by step.
+    recurrent [hidden, 4·hidden] product runs step by step. Both matmuls run in ``dtype``;
+    the gate nonlinearities and the cell state stay float32 (a bfloat16 cell state would
+    lose precision over hundreds of steps). The output follows ``dtype``.
     """
 
-    def __init__(self, in_features: int, hidden: int, *, input_axis: str, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        *,
+        input_axis: str,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+    ):
         self.hidden = hidden
+        self.dtype = jnp.dtype(dtype)
         init = jax.nn.initializers.glorot_uniform()
         self.input_kernel = nnx.Param(
             init(rngs.params(), (in_features, 4 * hidden)), **_meta(input_axis, "lstm_gates")
@@ -166,41 +192,54 @@ class LSTM(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((4 * hidden,)), **_meta("lstm_gates"))
 
     def __call__(self, x_btd: jax.Array, *, reverse: bool = False) -> jax.Array:
-        gates_btg = jnp.einsum("btd,dg->btg", x_btd, self.input_kernel[...]) + self.bias[...]
-        recurrent = self.recurrent_kernel[...]
+        dtype = self.dtype
+        input_kernel = self.input_kernel[...].astype(dtype)
+        gates_btg = jnp.einsum("btd,dg->btg", x_btd.astype(dtype), input_kernel)
+        gates_btg = gates_btg.astype(jnp.float32) + self.bias[...]
+        recurrent = self.recurrent_kernel[...].astype(dtype)
         batch = x_btd.shape[0]
-        carry = (jnp.zeros((batch, self.hidden), x_btd.dtype),) * 2
+        carry = (jnp.zeros((batch, self.hidden), jnp.float32),) * 2
 
         def step(carry, gates_bg):
             h, c = carry
-            gates_bg = gates_bg + h @ recurrent
+            gates_bg = gates_bg + (h.astype(dtype) @ recurrent).astype(jnp.float32)
             i, f, g, o = jnp.split(gates_bg, 4, axis=-1)
             c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
             h = jax.nn.sigmoid(o) * jnp.tanh(c)
             return (h, c), h
 
         _, h_tbh = jax.lax.scan(step, carry, jnp.swapaxes(gates_btg, 0, 1), reverse=reverse)
-        return jnp.swapaxes(h_tbh, 0, 1)
+        return jnp.swapaxes(h_tbh, 0, 1).astype(dtype)
 
 
 class BiLSTM(nnx.Module):
     """Forward and backward LSTMs over time, outputs concatenated: [b, t, 2·hidden]."""
 
-    def __init__(self, in_features: int, hidden: int, *, input_axis: str, rngs: nnx.Rngs):
-        self.forward = LSTM(in_features, hidden, input_axis=input_axis, rngs=rngs)
-        self.backward = LSTM(in_features, hidden, input_axis=input_axis, rngs=rngs)
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        *,
+        input_axis: str,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+    ):
+        self.forward = LSTM(in_features, hidden, input_axis=input_axis, rngs=rngs, dtype=dtype)
+        self.backward = LSTM(in_features, hidden, input_axis=input_axis, rngs=rngs, dtype=dtype)
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         return jnp.concatenate([self.forward(x_btd), self.backward(x_btd, reverse=True)], -1)
 
 
 def _output_layer(in_features: int, n_pitches: int, in_axis: str, rngs: nnx.Rngs) -> nnx.Linear:
+    """A float32 output projection (its inputs are cast up): logits stay float32 as in t5x."""
     return nnx.Linear(
         in_features,
         n_pitches,
         kernel_init=_VARIANCE_SCALING,
         kernel_metadata=_meta(in_axis, "pitch"),
         bias_metadata=_meta("pitch"),
+        dtype=jnp.float32,
         rngs=rngs,
     )
 
@@ -228,19 +267,19 @@ class OnsetsFrames(TranscriptionModel):
     def __init__(self, config: OnsetsFramesConfig = ONSETS_FRAMES_CONFIG, *, rngs: nnx.Rngs):
         self.config = config
         self.segment_samples = int(round(config.segment_seconds * config.mel.sample_rate))
-        fc, pitches = config.fc_size, config.n_pitches
+        fc, pitches, dtype = config.fc_size, config.n_pitches, jnp.dtype(config.dtype)
         self.onset_stack = ConvStack(config, rngs=rngs)
-        self.onset_lstm = BiLSTM(fc, config.lstm_units, input_axis="mlp", rngs=rngs)
+        self.onset_lstm = BiLSTM(fc, config.lstm_units, input_axis="mlp", rngs=rngs, dtype=dtype)
         self.onset_out = _output_layer(2 * config.lstm_units, pitches, "hidden", rngs)
         self.offset_stack = ConvStack(config, rngs=rngs)
-        self.offset_lstm = BiLSTM(fc, config.lstm_units, input_axis="mlp", rngs=rngs)
+        self.offset_lstm = BiLSTM(fc, config.lstm_units, input_axis="mlp", rngs=rngs, dtype=dtype)
         self.offset_out = _output_layer(2 * config.lstm_units, pitches, "hidden", rngs)
         self.velocity_stack = ConvStack(config, rngs=rngs)
         self.velocity_out = _output_layer(fc, pitches, "mlp", rngs)
         self.activation_stack = ConvStack(config, rngs=rngs)
         self.activation_out = _output_layer(fc, pitches, "mlp", rngs)
         self.combined_lstm = BiLSTM(
-            3 * pitches, config.combined_lstm_units, input_axis="pitch", rngs=rngs
+            3 * pitches, config.combined_lstm_units, input_axis="pitch", rngs=rngs, dtype=dtype
         )
         self.frame_out = _output_layer(2 * config.combined_lstm_units, pitches, "hidden", rngs)
 
@@ -254,7 +293,7 @@ class OnsetsFrames(TranscriptionModel):
         self, audio_bs: jax.Array, *, deterministic: bool | None = None
     ) -> dict[str, jax.Array]:
         """Raw 16 kHz audio → logits ``onset``/``offset``/``frame``/``activation`` and
-        linear ``velocity``, each [batch, frames, 88]."""
+        linear ``velocity``, each [batch, frames, 88] float32 (whatever ``config.dtype``)."""
         mel_btf = constrain(log_mel(audio_bs, self.config.mel), ("batch", "time", "mel"))
         onset_logits = self.onset_out(
             self.onset_lstm(self.onset_stack(mel_btf, deterministic=deterministic))
