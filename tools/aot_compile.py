@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {'system':<10} {'peak TFLOP/s/chip':>18} {'step s':>8} {'steps/s':>8} {'days':>7}")
     for row in aot.plan_rows(report, mfu=args.mfu, steps=args.steps):
+        unfilled = row["examples_per_chip"] < 1
         print(
             f"  {row['system']:<10} {row['peak_tflops']:>18.0f} {row['step_seconds']:>8.3f} "
             f"{row['steps_per_second']:>8.2f} {row['days']:>7.1f}"
+            + (f"  (batch {report.global_batch_size} < chips: not reachable)" if unfilled else "")
         )
     return 0
 

@@ -386,6 +386,8 @@ def plan_rows(
 
     On paper: the step's total FLOPs spread evenly over the chips at ``mfu`` of the dense
     bf16 peak (and never faster than the compiled HBM-traffic bound, scaled by chip count).
+    ``examples_per_chip`` below 1 flags a row the global batch cannot fill (e.g. O&F's
+    batch 8 on 64 chips): its even spread is not reachable by data parallelism alone.
     """
     rows = []
     for name, chip_key, count in targets:
@@ -401,6 +403,7 @@ def plan_rows(
                 "step_seconds": step,
                 "steps_per_second": 1.0 / step,
                 "days": steps * step / 86400.0,
+                "examples_per_chip": report.global_batch_size / count,
             }
         )
     return rows

@@ -153,6 +153,7 @@ def test_compile_on_v5e_2x2_accounts_memory_and_flops(v5e_2x2):
     assert v5e16["steps_per_second"] * 4 == pytest.approx(v5e64["steps_per_second"], rel=1e-9)
     assert v5e16["days"] == pytest.approx(1e6 * v5e16["step_seconds"] / 86400)
     assert h100["peak_tflops"] == 989 and np.isfinite(h100["days"])
+    assert (v5e16["examples_per_chip"], v5e64["examples_per_chip"]) == (4, 1)
 
 
 # Golden shardings of the full-size MT3 train state on a 16-device topology (the CPU
