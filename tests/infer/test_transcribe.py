@@ -204,3 +204,32 @@ def test_restore_model_from_a_training_checkpoint(tmp_path):
         np.testing.assert_array_equal(np.asarray(value), np.asarray(expected), err_msg=str(path))
     with pytest.raises(tx.TranscriptionError, match="does not fit"):
         tx.restore_model("nmp", tmp_path)  # published config: conv widths differ
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(tx._malloc_trim() is None, reason="glibc's malloc_trim only")
+def test_release_freed_heap_returns_freed_chunks_to_the_os():
+    """Freed heap chunks below the top stay resident until release_freed_heap()."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    chunk = 64 * 1024  # below glibc's mmap threshold: served from the heap
+    pointers = [libc.malloc(chunk) for _ in range(2400)]  # 150 MB
+    for pointer in pointers:
+        ctypes.memset(pointer, 1, chunk)
+    before = _resident_mb()
+    for pointer in pointers[:-1]:  # the last one pins the heap top, so free() cannot trim
+        libc.free(pointer)
+    freed_but_resident = _resident_mb()
+    tx.release_freed_heap()
+    after = _resident_mb()
+    libc.free(pointers[-1])
+    assert freed_but_resident > before - 50
+    assert after < freed_but_resident - 100
