@@ -315,12 +315,17 @@ def basic_pitch_note_events(
 
 
 def _pitch_bends_of_notes(
-    contour_tf: np.ndarray, frame_events: Sequence[tuple], tolerance_bins: int = 25
+    contour_tf: np.ndarray,
+    frame_events: Sequence[tuple],
+    tolerance_bins: int = 25,
+    frames_per_chunk: int = 1 << 16,
 ) -> list[list[int]]:
-    """:func:`pitch_bends_from_contour` of every note at once (one gather, one argmax).
+    """:func:`pitch_bends_from_contour` of every note (one gather and argmax per chunk).
 
     Bins outside the contour are padded with -inf, below any weighted contour value,
-    so the argmax and its tie order are those of the cropped window.
+    so the argmax and its tie order are those of the cropped window. Notes are taken in
+    chunks of about ``frames_per_chunk`` note frames so the gathered windows stay small
+    (~27 MB) however many notes a long file has.
     """
     if not frame_events:
         return []
@@ -328,16 +333,33 @@ def _pitch_bends_of_notes(
     ends = np.array([e[1] for e in frame_events])
     centres = CONTOUR_BINS_PER_SEMITONE * (np.array([e[2] for e in frame_events]) - MIDI_OFFSET)
     lengths = np.maximum(ends - starts, 0)
-    frames = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
     contour_tf = np.asarray(contour_tf)
     width = 2 * tolerance_bins + 1
-    padded = np.full((contour_tf.shape[0], contour_tf.shape[1] + width - 1), -np.inf)
+    # float32 like the contour: the weighted product below is float64 either way.
+    padded = np.full((contour_tf.shape[0], contour_tf.shape[1] + width - 1), -np.inf, np.float32)
     padded[:, tolerance_bins : tolerance_bins + contour_tf.shape[1]] = contour_tf
-    first = frames * padded.shape[1] + np.repeat(centres, lengths)  # window start, flat
-    window = np.take(padded.reshape(-1), first[:, None] + np.arange(width)[None, :])
-    weighted = window * _gaussian_window(width, 5.0)
-    bends = np.argmax(weighted, axis=1) - tolerance_bins
-    return [part.tolist() for part in np.split(bends, np.cumsum(lengths)[:-1])]
+    flat = padded.reshape(-1)
+    gaussian = _gaussian_window(width, 5.0)
+    offsets = np.arange(width)[None, :]
+    bends: list[list[int]] = []
+    note_ends = np.cumsum(lengths)
+    first_note = 0
+    while first_note < len(frame_events):
+        # Notes [first_note, last_note) hold at most frames_per_chunk frames (at least one note).
+        done = note_ends[first_note - 1] if first_note else 0
+        last_note = int(np.searchsorted(note_ends, done + frames_per_chunk, side="right"))
+        last_note = max(last_note, first_note + 1)
+        chunk = slice(first_note, last_note)
+        chunk_lengths = lengths[chunk]
+        frames = np.repeat(
+            starts[chunk] - np.cumsum(chunk_lengths) + chunk_lengths, chunk_lengths
+        ) + np.arange(chunk_lengths.sum())
+        first = frames * padded.shape[1] + np.repeat(centres[chunk], chunk_lengths)
+        window = np.take(flat, first[:, None] + offsets)
+        chunk_bends = np.argmax(window * gaussian, axis=1) - tolerance_bins
+        bends.extend(part.tolist() for part in np.split(chunk_bends, np.cumsum(chunk_lengths)[:-1]))
+        first_note = last_note
+    return bends
 
 
 def _drop_overlapping_bends(events: Sequence[NoteEvent]) -> list[NoteEvent]:

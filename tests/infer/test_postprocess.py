@@ -134,6 +134,11 @@ def test_batched_pitch_bends_equal_per_note_bends(vocadito):
     notes += [(s, s + int(rng.integers(1, 30)), int(rng.integers(21, 109)), 0.5) for s in range(50)]
     batched = pp._pitch_bends_of_notes(contour, notes)
     assert batched == [pp.pitch_bends_from_contour(contour, s, e, p) for s, e, p, _ in notes]
+    # Chunked over notes (bounded memory on long files): same bends for any chunk size.
+    for frames_per_chunk in (1, 7, 64):
+        assert (
+            pp._pitch_bends_of_notes(contour, notes, frames_per_chunk=frames_per_chunk) == batched
+        )
 
 
 def test_negative_frame_threshold_is_refused_not_an_endless_loop():
