@@ -98,10 +98,10 @@ class MT3Config:
         vocabulary: a layout name (``"mt3"``, ``"seed"``, ``"ismir2021"``) or an
           ``amt_jax.vocab.vocabularies.VocabularyConfig``.
         """
-        from amt_jax.vocab import vocabularies
+        from amt_jax.vocab import layouts  # not vocabularies: that imports seqio + TF
 
         if isinstance(vocabulary, str):
-            vocabulary = vocabularies.VocabularyConfig.named(vocabulary)
+            vocabulary = layouts.VocabularyConfig.named(vocabulary)
         return cls(**{"vocab_size": vocabulary.num_embeddings, **overrides})
 
 
@@ -534,12 +534,12 @@ class MT3Model(TranscriptionModel):
         return_stats: also return the ``DecodeStats`` (invalid / dropped tokens, segments
           without a tie token), which MT3 only counted.
         """
-        from amt_jax.vocab import note_events, vocabularies
+        from amt_jax.vocab import layouts, note_events
 
         tokens_bl = np.asarray(outputs["tokens_bl"])
         if tokens_bl.ndim != 2:
             raise ValueError(f"outputs_to_notes: tokens_bl must be 2-D, got {tokens_bl.shape}")
-        vocabulary = vocabularies.VocabularyConfig() if vocabulary is None else vocabulary
+        vocabulary = layouts.VocabularyConfig() if vocabulary is None else vocabulary
         if vocabulary.num_embeddings > self.config.vocab_size:
             raise ValueError(
                 f"vocabulary {vocabulary.layout!r} has {vocabulary.num_embeddings} rows but the "
