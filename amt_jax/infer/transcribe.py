@@ -324,16 +324,33 @@ def slice_padded(audio_s: np.ndarray, start: int, length: int) -> np.ndarray:
     return out
 
 
+def batch_sizes(num_windows: int, batch_size: int) -> list[int]:
+    """Row counts of the model calls for ``num_windows`` windows: full batches of
+    ``batch_size``, then the remainder as descending powers of two (37 windows at 8 ->
+    8, 8, 8, 8, 4, 1). No call computes all-zero padding rows, and there are at most
+    ``log2(batch_size) + 1`` distinct shapes to compile."""
+    sizes = [batch_size] * (num_windows // batch_size)
+    remainder = num_windows % batch_size
+    power = 1 << max(remainder.bit_length() - 1, 0)
+    while remainder:
+        if remainder >= power:
+            sizes.append(power)
+            remainder -= power
+        power >>= 1
+    return sizes
+
+
 def batched(
     starts: np.ndarray, audio_s: np.ndarray, length: int, batch_size: int
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Fixed-shape batches [batch_size, length] of windows, and how many rows are real."""
-    for first in range(0, len(starts), batch_size):
-        chunk = starts[first : first + batch_size]
-        batch = np.zeros((batch_size, length), np.float32)
-        for row, start in enumerate(chunk):
+    """Batches [rows, length] of windows (see :func:`batch_sizes`), and how many rows."""
+    first = 0
+    for rows in batch_sizes(len(starts), batch_size):
+        batch = np.zeros((rows, length), np.float32)
+        for row, start in enumerate(starts[first : first + rows]):
             batch[row] = slice_padded(audio_s, int(start), length)
-        yield batch, len(chunk)
+        first += rows
+        yield batch, rows
 
 
 # --- the transcriber -------------------------------------------------------------------------
@@ -345,8 +362,9 @@ class Transcriber:
     ``model``: ``"nmp"`` (default: Basic Pitch's published weights, no training needed),
     ``"mt3"`` or ``"onsets_frames"`` (need ``checkpoint``, or ``random_weights=True`` for
     benchmarks). ``config``: the model config (default: the family's published one).
-    ``batch_size``: windows per model call; the last batch is zero-padded, so the function
-    compiles once.
+    ``batch_size``: windows per model call; a file's last windows go in calls of
+    power-of-two sizes (:func:`batch_sizes`), so no call computes padding rows and the
+    function compiles for at most log2(batch_size) + 1 shapes.
     """
 
     def __init__(

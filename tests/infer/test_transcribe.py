@@ -25,16 +25,30 @@ def test_nmp_streamed_windows_equal_basic_pitch_stitching_of_the_whole_signal(nm
     audio = harmonic_tones(sample_rate=22050, seconds=5.0)  # 4 windows, last one zero-padded
     windows = nmp.window_audio(audio)  # all windows at once, cut as basic-pitch cuts them
     assert windows.shape[0] == math.ceil((audio.size + 3840) / 36164) == 4
-    padded = np.zeros((nmp_transcriber.batch_size, nmp.WINDOW_SAMPLES), np.float32)
-    padded[: len(windows)] = windows
-    whole = nmp.unwrap_outputs(
-        {k: v[: len(windows)] for k, v in nmp_transcriber._run(padded).items()}, audio.size
-    )
+    # 4 windows are one call of 4 rows (no zero padding rows; see batch_sizes).
+    whole = nmp.unwrap_outputs(nmp_transcriber._run(windows), audio.size)
     streamed = nmp_transcriber.nmp_posteriors(audio)
     # basic-pitch 0.4.0 keeps floor(n * 86 / 22050) frames
     assert streamed["note"].shape == (int(audio.size * 86 / 22050), 88)
     for name in ("note", "onset", "contour"):
         np.testing.assert_array_equal(streamed[name], whole[name])
+
+
+def test_batch_sizes_cover_every_window_once_without_padding_rows():
+    assert tx.batch_sizes(37, 8) == [8, 8, 8, 8, 4, 1]
+    assert tx.batch_sizes(16, 8) == [8, 8]
+    assert tx.batch_sizes(3, 8) == [2, 1]
+    assert tx.batch_sizes(0, 8) == []
+    for count in range(40):
+        for batch_size in (1, 3, 4, 8):
+            sizes = tx.batch_sizes(count, batch_size)
+            assert sum(sizes) == count and max(sizes, default=1) <= batch_size
+            assert len(set(sizes)) <= batch_size.bit_length() + 1
+    starts = np.arange(5) * 10
+    audio = np.arange(60, dtype=np.float32)
+    rows = [batch for batch, _ in tx.batched(starts, audio, 4, 4)]
+    assert [r.shape for r in rows] == [(4, 4), (1, 4)]
+    np.testing.assert_array_equal(np.concatenate(rows)[:, 0], starts)
 
 
 def test_array_and_file_inputs_agree_and_options_are_checked(nmp_transcriber, tmp_path):
@@ -171,7 +185,7 @@ def test_batch_size_changes_memory_only_not_outputs():
         "mt3", random_weights=True, config=MT3Config.tiny(vocab_size=1536), max_decode_length=16
     )
     tokens = []
-    for batch_size in (1, 2):  # 3 segments: batches of 1, and of 2 + 1 padded
+    for batch_size in (1, 2):  # 3 segments: calls of 1 + 1 + 1, and of 2 + 1
         transcriber.batch_size = batch_size
         tokens.append(transcriber.mt3_tokens(np.tile(audio, 2)))
     assert tokens[0].shape == (3, 16)
