@@ -1,10 +1,16 @@
-"""The NMP heads' GEMM formulations equal the plain TF-SAME convolution they replace."""
+"""The NMP heads' GEMM formulations equal the plain TF-SAME convolution they replace, and
+both head implementations ("gemm" for CPU, "xla" for TPU) give the same network."""
+
+import dataclasses
+import functools
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax._src.mesh import AbstractDevice  # no public constructor for a TPU abstract mesh
 
 from amt_jax.audio.harmonic import harmonic_shifts, harmonic_stack
 from amt_jax.models import nmp
@@ -14,6 +20,7 @@ conv_same = jax.jit(nmp.conv_same, static_argnames=("freq_stride", "dtype"))
 toeplitz_conv = jax.jit(nmp.toeplitz_conv, static_argnames=("freq_stride", "block", "dtype"))
 single_output_conv = jax.jit(nmp.single_output_conv, static_argnames=("dtype",))
 harmonic_conv = jax.jit(nmp.harmonic_conv, static_argnames=("shifts", "n_out_bins", "block"))
+strided_im2col_conv = jax.jit(nmp.strided_im2col_conv, static_argnames=("freq_stride", "dtype"))
 
 
 def _random(shape, seed):
@@ -75,10 +82,89 @@ def test_harmonic_conv_equals_conv_of_the_stack(harmonics, n_out, block):
     np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-5)
 
 
+@settings(max_examples=8, deadline=None)
+@given(
+    n_bins=st.integers(3, 40),
+    kernel_time=st.integers(1, 7),
+    kernel_freq=st.integers(1, 9),
+    channels=st.integers(1, 3),
+    outputs=st.integers(1, 4),
+    stride=st.integers(1, 4),
+    seed=st.integers(0, 100),
+)
+def test_strided_im2col_conv_equals_conv(
+    n_bins, kernel_time, kernel_freq, channels, outputs, stride, seed
+):
+    # any bin count (not only multiples of the stride), even and odd kernels
+    x = _random((2, 6, n_bins, channels), seed)
+    kernel = _random((kernel_time, kernel_freq, channels, outputs), seed + 1)
+    bias = _random((outputs,), seed + 2)
+    want = conv_same(x, kernel, bias, freq_stride=stride)
+    got = strided_im2col_conv(x, kernel, bias, freq_stride=stride)
+    assert got.shape == want.shape == (2, 6, -(-n_bins // stride), outputs)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-6)
+
+
+def test_im2col_note_conv_equals_the_strided_conv_at_basic_pitch_size():
+    # contour posteriors in [0, 1], unit-norm 7x7x1->32 kernel, stride 3 over 264 bins
+    probs = np.random.default_rng(8).uniform(size=(2, 20, 264, 1)).astype(np.float32)
+    kernel = _random((7, 7, 1, 32), 9)
+    kernel /= np.sqrt(np.sum(kernel**2, axis=(0, 1, 2), keepdims=True))
+    bias = _random((32,), 10)
+    want = conv_same(probs, kernel, bias, freq_stride=3)
+    got = strided_im2col_conv(probs, kernel, bias, freq_stride=3)
+    assert got.shape == (2, 20, 88, 32)
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+def test_xla_and_gemm_heads_give_the_same_network():
+    # the heads on a normalised CQT (the front end is shared by both implementations)
+    normed_btf = _random((2, 24, nmp.N_CQT_BINS), 11)
+    outputs = {}
+    for impl in ("gemm", "xla"):
+        model = nmp.NMP(dataclasses.replace(nmp.NMP_TINY, conv_impl=impl), rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(model)
+        outputs[impl] = jax.jit(
+            lambda state, x, graphdef=graphdef: nnx.merge(graphdef, state).heads(
+                x, use_running_average=True
+            )
+        )(state, normed_btf)
+    for head in ("contour", "note", "onset"):
+        np.testing.assert_allclose(outputs["xla"][head], outputs["gemm"][head], atol=1e-5)
+    assert outputs["xla"]["contour"].shape == (2, 24, 264)
+    assert outputs["xla"]["note"].shape == outputs["xla"]["onset"].shape == (2, 24, 88)
+
+
+def _platform_seen_by_auto(mesh):
+    seen = []
+    with jax.sharding.use_abstract_mesh(mesh):
+        jax.make_jaxpr(lambda x: seen.append(nmp.resolve_conv_impl("auto")) or x)(1.0)
+    return seen[0]
+
+
+def test_auto_conv_impl_follows_the_mesh_platform_not_the_host():
+    cpu_mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    assert jax.default_backend() == "cpu"
+    assert _platform_seen_by_auto(cpu_mesh.abstract_mesh) == "gemm"
+    # what an ahead-of-time compile for TPU traces under: host CPU, mesh of TPU devices
+    tpu_mesh = jax.sharding.AbstractMesh(
+        (2,),
+        ("data",),
+        axis_types=(jax.sharding.AxisType.Auto,),
+        abstract_device=AbstractDevice("TPU v5 lite", 1, "tpu"),
+    )
+    assert _platform_seen_by_auto(tpu_mesh) == "xla"
+    assert nmp.resolve_conv_impl("auto") == "gemm"  # no mesh: the default backend (CPU)
+    assert nmp.resolve_conv_impl("xla") == "xla"
+    with pytest.raises(ValueError, match="conv_impl"):
+        nmp.NMPConfig(conv_impl="cudnn")
+
+
 def test_bfloat16_convs_use_bfloat16_operands_and_return_float32():
     x = _random((1, 4, 30, 2), 6)
     kernel = _random((3, 5, 2, 1), 7)
-    for conv in (nmp.conv_same, nmp.toeplitz_conv, nmp.single_output_conv):
+    im2col = functools.partial(nmp.strided_im2col_conv, freq_stride=3)
+    for conv in (nmp.conv_same, nmp.toeplitz_conv, nmp.single_output_conv, im2col):
         out = conv(x, kernel, dtype="bfloat16")
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, conv(x, kernel), atol=0.1, rtol=0.05)
