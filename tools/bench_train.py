@@ -103,8 +103,7 @@ def main() -> None:
     batch = trainer.global_batch(host)
 
     xla_flops = trainer.train_step_flops(state, batch) or float("nan")
-    with trainer._context():
-        by_dtype = precision.matmul_flops_by_dtype(trainer._train_step, state, batch)
+    by_dtype = trainer.trace_train_step(precision.matmul_flops_by_dtype, state, batch)
     traced_flops = sum(by_dtype.values())
     hand_flops = closed_form_flops(config, args.batch)
     t0 = time.perf_counter()

@@ -320,8 +320,7 @@ def compile_train_step(
     batch = abstract_batch(trainer, example, global_batch_size)
     start = time.perf_counter()
     # the very jit object ``Trainer.train_step`` runs, with the same mesh / rules context
-    with trainer._context():
-        lowered = trainer._jitted("train", batch).lower(state, batch)
+    lowered = trainer.lower_train_step(state, batch)
     lowered_at = time.perf_counter()
     try:
         compiled = lowered.compile()

@@ -301,6 +301,19 @@ class Trainer:
             outputs = self._jitted("predict", batch)(state, batch)
         return jax.tree.map(np.asarray, multihost_utils.process_allgather(outputs, tiled=True))
 
+    def lower_train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
+        """The jitted train step lowered for ``state`` and ``batch`` (arrays or
+        ``jax.ShapeDtypeStruct``s with shardings), e.g. to compile it ahead of time for
+        another topology (``amt_jax.train.aot``) or read XLA's cost analysis."""
+        with self._context():
+            return self._jitted("train", batch).lower(state, batch)
+
+    def trace_train_step(self, fn: Callable, state: TrainState, batch: Mapping[str, jax.Array]):
+        """``fn(train_step, state, batch)`` inside the mesh and logical-rule context, e.g.
+        ``jax.eval_shape`` or a jaxpr walk (``precision.matmul_flops_by_dtype``)."""
+        with self._context():
+            return fn(self._train_step, state, batch)
+
     def train_step_flops(self, state: TrainState, batch: Mapping[str, jax.Array]) -> float | None:
         """FLOPs of one train step (XLA's cost analysis of the lowered program), if known."""
         with self._context():

@@ -98,9 +98,8 @@ def test_policy_in_traced_train_step():
     assert precision.non_float32_leaves(state.params) == []
     assert precision.non_float32_leaves(state.opt_state) == []
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _batch(config).items()}
-    with trainer._context():
-        flops = precision.matmul_flops_by_dtype(trainer._train_step, state, batch)
-        new_state, metrics = jax.eval_shape(trainer._train_step, state, batch)
+    flops = trainer.trace_train_step(precision.matmul_flops_by_dtype, state, batch)
+    new_state, metrics = trainer.trace_train_step(jax.eval_shape, state, batch)
     assert precision.non_float32_leaves(new_state.params) == []
     assert precision.non_float32_leaves(new_state.opt_state) == []
     assert precision.non_float32_leaves(_batch_statistics(new_state.model_state)) == []

@@ -137,8 +137,7 @@ def test_compile_on_v5e_2x2_accounts_memory_and_flops(v5e_2x2):
     assert report.alias_bytes >= aot.state_bytes_per_device(state)
 
     # XLA's per-device FLOPs vs an independent count of the traced matmuls (global / 4)
-    with trainer._context():
-        matmuls = precision.matmul_flops_by_dtype(trainer._train_step, state, batch)
+    matmuls = trainer.trace_train_step(precision.matmul_flops_by_dtype, state, batch)
     per_device_matmuls = sum(matmuls.values()) / 4
     assert 0.9 * per_device_matmuls <= report.flops_per_device <= 2.0 * per_device_matmuls
 

@@ -43,9 +43,8 @@ def test_policy_in_traced_train_step(dtype):
     assert precision.non_float32_leaves(state.params) == []
     assert precision.non_float32_leaves(state.opt_state) == []
     batch = _abstract(_batch())
-    with trainer._context():
-        flops = precision.matmul_flops_by_dtype(trainer._train_step, state, batch)
-        new_state, metrics = jax.eval_shape(trainer._train_step, state, batch)
+    flops = trainer.trace_train_step(precision.matmul_flops_by_dtype, state, batch)
+    new_state, metrics = trainer.trace_train_step(jax.eval_shape, state, batch)
     assert precision.non_float32_leaves(new_state.params) == []
     assert metrics["loss"].dtype == jnp.float32
     config = _config(dtype)
