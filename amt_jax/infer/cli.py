@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training workdir (or its checkpoints/) to load; required for mt3/onsets_frames",
     )
     parser.add_argument(
-        "--batch-size", type=int, help="windows per model call (default: nmp 8, mt3 4, O&F 1)"
+        "--batch-size", type=int, help="windows per model call (default: nmp 4, mt3 4, O&F 1)"
     )
     parser.add_argument("--csv", action="store_true", help="also write a note CSV")
     parser.add_argument(

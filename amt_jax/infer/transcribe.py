@@ -52,11 +52,13 @@ NMP_OPTION_DEFAULTS = {
 }
 ONSETS_FRAMES_OPTION_DEFAULTS = {"onset_threshold": 0.5, "frame_threshold": 0.5}
 MT3_OPTION_DEFAULTS: dict[str, Any] = {}
-#: windows per model call, chosen for peak memory on long files (docs/benchmarks.md).
-#: O&F: one chunk per call; a second row adds ~200 MB of conv temporaries at ~10 % more
-#: speed. MT3: each row adds 39 MB of decoding state (25 MB of it the KV cache at 1024
-#: tokens); a batch of 8 peaks at 1040 MB, 4 at 898 MB. Notes do not depend on the batch.
-DEFAULT_BATCH_SIZES = {"nmp": 8, "onsets_frames": 1, "mt3": 4}
+#: windows per model call, chosen for speed and peak memory on long files
+#: (docs/benchmarks.md). NMP: 4 windows keep the conv working sets in cache (60 s file on
+#: 2 cores: 0.82 s at 4, 1.0 s at 8, 0.90 s at 16, 0.92 s at 1). O&F: one chunk per
+#: call; a second row adds ~200 MB of conv temporaries at ~10 % more speed. MT3: each
+#: row adds 39 MB of decoding state (25 MB of it the KV cache at 1024 tokens); a batch
+#: of 8 peaks at 1040 MB, 4 at 898 MB. Notes do not depend on the batch.
+DEFAULT_BATCH_SIZES = {"nmp": 4, "onsets_frames": 1, "mt3": 4}
 _BLOCK_FRAMES = 1 << 18
 #: at most one ``malloc_trim`` per this many seconds (each costs tens of ms)
 _TRIM_INTERVAL_S = 2.0
