@@ -168,15 +168,21 @@ def _hann(n: int, dtype) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(dtype)
 
 
+def _center_pad(audio_bs: jax.Array, config: MelConfig) -> jax.Array:
+    """librosa-style centring: ``pad_mode`` padding of n_fft // 2 on both sides."""
+    if not config.center:
+        return audio_bs
+    pad = config.n_fft // 2
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "edge"}[config.pad_mode]
+    return jnp.pad(audio_bs, ((0, 0), (pad, pad)), mode=mode)
+
+
 def _frame(audio_bs: jax.Array, config: MelConfig) -> jax.Array:
     """[batch, samples] -> [batch, frames, n_fft] (frame t starts at sample t * hop)."""
     num_samples = audio_bs.shape[-1]
     n_fft, hop = config.n_fft, config.hop_length
     num_frames = config.num_frames(num_samples)
-    if config.center:
-        pad = n_fft // 2
-        mode = {"constant": "constant", "reflect": "reflect", "edge": "edge"}[config.pad_mode]
-        audio_bs = jnp.pad(audio_bs, ((0, 0), (pad, pad)), mode=mode)
+    audio_bs = _center_pad(audio_bs, config)
     needed = (num_frames - 1) * hop + n_fft
     if audio_bs.shape[-1] < needed:
         audio_bs = jnp.pad(audio_bs, ((0, 0), (0, needed - audio_bs.shape[-1])))
@@ -234,10 +240,7 @@ def mel_spectrogram(
     batch, num_samples = audio_bs.shape
     n_fft, hop = config.n_fft, config.hop_length
     num_frames = config.num_frames(num_samples)
-    if config.center:
-        pad = n_fft // 2
-        mode = {"constant": "constant", "reflect": "reflect", "edge": "edge"}[config.pad_mode]
-        audio_bs = jnp.pad(audio_bs, ((0, 0), (pad, pad)), mode=mode)
+    audio_bs = _center_pad(audio_bs, config)
     chunk = min(chunk_frames, num_frames)
     num_chunks = -(-num_frames // chunk)
     chunk_samples = (chunk - 1) * hop + n_fft
