@@ -164,7 +164,16 @@ def _contract_trailing_bwd(num_in, residuals, grad_out):
         grad_out, kernel, ((out_axes, tuple(range(num_in, kernel.ndim))), ((), ()))
     )
     lead_axes = tuple(range(x.ndim - num_in))
-    grad_kernel = jax.lax.dot_general(x, grad_out, ((lead_axes, lead_axes), ((), ())))
+    if math.prod(kernel.shape[:num_in]) > math.prod(kernel.shape[num_in:]):
+        # XLA:CPU's GEMMs want the contracted (token) axis last on the left operand, so
+        # one operand gets a transposed copy. Let that be the narrower cotangent, not a
+        # wide input whose producer (e.g. the MLP's GELU * dropout) XLA would otherwise
+        # recompute in transposed order; the [out, in] result is small to transpose.
+        grad_kernel_t = jax.lax.dot_general(grad_out, x, ((lead_axes, lead_axes), ((), ())))
+        in_first = tuple(range(num_out, kernel.ndim)) + tuple(range(num_out))
+        grad_kernel = jnp.transpose(grad_kernel_t, in_first)
+    else:
+        grad_kernel = jax.lax.dot_general(x, grad_out, ((lead_axes, lead_axes), ((), ())))
     return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 

@@ -111,3 +111,32 @@ def test_params_carry_logical_axes():
         layers.logical_param(jax.nn.initializers.ones, jax.random.key(0), (2,), ("nope",))
     with pytest.raises(ValueError, match="trailing input axes"):
         dense(jnp.ones((1, 4)))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel_shape", "num_in"),
+    [
+        ((2, 5, 6), (6, 3), 1),  # wide input: weight gradient via the transposed product
+        ((2, 5, 3), (3, 6), 1),  # narrow input: plain x^T g
+        ((4, 3, 2), (3, 2, 4), 2),  # two contracted axes (attention output projection)
+        ((4, 6), (6, 2, 2), 1),  # two output axes (q/k/v projections)
+        ((4, 2), (2, 2, 3), 1),  # two output axes, narrow input
+    ],
+)
+def test_contract_trailing_gradients_equal_dot_general(x_shape, kernel_shape, num_in):
+    key_x, key_k, key_g = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(key_x, x_shape)
+    kernel = jax.random.normal(key_k, kernel_shape)
+    out_shape = x_shape[: len(x_shape) - num_in] + kernel_shape[num_in:]
+    cotangent = jax.random.normal(key_g, out_shape)
+    dims = ((tuple(range(len(x_shape) - num_in, len(x_shape))), tuple(range(num_in))), ((), ()))
+
+    def reference(x, kernel):
+        return jax.lax.dot_general(x, kernel, dims)
+
+    out, vjp = jax.vjp(lambda x, k: layers.contract_trailing(x, k, num_in), x, kernel)
+    ref_out, ref_vjp = jax.vjp(reference, x, kernel)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-6)
+    for got, want in zip(vjp(cotangent), ref_vjp(cotangent), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
