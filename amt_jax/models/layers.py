@@ -264,19 +264,25 @@ class Dropout(nnx.Dropout):
         for dim in self.broadcast_dims:
             mask_shape[dim] = 1
         threshold = min(max(round((1.0 - self.rate) * 65536), 1), 65535)
-        keep = _uniform16(key, tuple(mask_shape)) < threshold
+        keep = _keep_mask16(key, tuple(mask_shape), threshold)
         scaled = inputs * jnp.asarray(65536 / threshold, inputs.dtype)
         return jnp.where(keep, scaled, jnp.zeros_like(inputs))
 
 
-def _uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Uniform uint32 values in [0, 65536) of ``shape``: both halves of each random word."""
+def _keep_mask16(key: jax.Array, shape: tuple[int, ...], threshold: int) -> jax.Array:
+    """Boolean mask of ``shape``: a 16-bit uniform draw below ``threshold``.
+
+    Each 32-bit random word gives two draws, its high half for the first half of the
+    last axis and its low half for the second. The halves are compared before they are
+    joined, so what XLA materialises between the forward and backward pass is a
+    one-byte mask, not a 32-bit word per element.
+    """
     if not shape:
-        return jax.random.bits(key, (), jnp.uint32) >> 16
+        return (jax.random.bits(key, (), jnp.uint32) >> 16) < threshold
     last = shape[-1]
     words = jax.random.bits(key, shape[:-1] + ((last + 1) // 2,), jnp.uint32)
-    halves = jnp.stack([words >> 16, words & 0xFFFF], axis=-1)
-    return halves.reshape(shape[:-1] + (2 * words.shape[-1],))[..., :last]
+    keep = jnp.concatenate([(words >> 16) < threshold, (words & 0xFFFF) < threshold], axis=-1)
+    return keep[..., :last]
 
 
 class GatedGeluMlp(nnx.Module):
@@ -385,7 +391,9 @@ class MultiHeadAttention(nnx.Module):
         """Attention of projected queries over projected keys/values, then the out proj."""
         scores = jnp.einsum("bqhd,bkhd->bhqk", query_bqhd, key_bkhd).astype(jnp.float32)
         if mask_bhqk is not None:
-            scores = jnp.where(mask_bhqk, scores, NEG_INF)
+            # an additive bias, not a select on the scores: its backward is the identity,
+            # where a select would cost one more pass over the [b, h, q, k] gradient
+            scores = scores + jnp.where(mask_bhqk, 0.0, NEG_INF).astype(scores.dtype)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         probs = self.dropout(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, value_bkhd)

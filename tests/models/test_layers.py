@@ -140,3 +140,27 @@ def test_contract_trailing_gradients_equal_dot_general(x_shape, kernel_shape, nu
     for got, want in zip(vjp(cotangent), ref_vjp(cotangent), strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_keeps_the_stated_fraction_unbiased_and_shares_broadcast_dims():
+    dropout = layers.Dropout(0.1, rngs=nnx.Rngs(dropout=3))
+    ones = jnp.ones((4, 257, 301))  # odd last axis: the two 16-bit halves are trimmed
+    out = np.asarray(dropout(ones, deterministic=False))
+    kept = out != 0
+    threshold = round(0.9 * 65536)
+    # kept values are scaled by the exact inverse of the 16-bit keep probability
+    np.testing.assert_allclose(out[kept], 65536 / threshold, rtol=1e-6)
+    # 310k Bernoulli draws: the keep fraction is within 5 standard errors of 0.9
+    assert abs(kept.mean() - threshold / 65536) < 5 * math.sqrt(0.09 / kept.size)
+    # both halves of the random words are used and independent of each other
+    first, second = kept[..., :150], kept[..., 151:]
+    assert abs(first.mean() - second.mean()) < 0.01
+    assert abs((first & second).mean() - first.mean() * second.mean()) < 0.01
+    # a fresh call draws a fresh mask; deterministic passes the input through
+    assert (np.asarray(dropout(ones, deterministic=False)) != out).any()
+    np.testing.assert_array_equal(dropout(ones, deterministic=True), ones)
+
+    shared = layers.Dropout(0.5, broadcast_dims=(1,), rngs=nnx.Rngs(dropout=0))
+    mask = np.asarray(shared(ones, deterministic=False)) != 0
+    assert (mask == mask[:, :1]).all()
+    assert 0.4 < mask.mean() < 0.6
