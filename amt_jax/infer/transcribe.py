@@ -21,9 +21,7 @@ way, then resampled once with soxr (the resampler librosa, and so basic-pitch, u
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
 import math
 import os
 import sys
@@ -38,6 +36,7 @@ from flax import nnx
 from note_seq.protobuf import music_pb2
 
 from amt_jax.audio import io as audio_io
+from amt_jax.heap import release_freed_heap
 
 MODEL_FAMILIES = ("nmp", "onsets_frames", "mt3")
 #: Basic Pitch note-creation options accepted by the ``nmp`` family (basic-pitch defaults)
@@ -284,26 +283,6 @@ def random_model(family: str, config: Any = None, seed: int = 0) -> nnx.Module:
 
 
 # --- memory --------------------------------------------------------------------------------
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc only
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_heap() -> None:
-    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
-
-    XLA:CPU allocates each call's temporaries (and the compiler its working memory) on the
-    C heap; glibc keeps freed chunks mapped, so without this the resident set drifts up by
-    100-150 MB and the next call's temporaries stack on top of it. No-op elsewhere.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 # --- windowing -------------------------------------------------------------------------------

@@ -55,6 +55,13 @@ def parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--print_config", action="store_true", help="print the parsed gin config and exit"
     )
+    parser.add_argument(
+        "--retain_freed_heap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed C-heap memory mapped for the next step instead of unmapping it: "
+        "saves ~700k page faults per T5-small step on CPU (see amt_jax.heap)",
+    )
     bindings, rest = [], []
     for arg in argv:
         if arg.startswith("--gin.") and not arg.startswith("--gin.KEY"):
@@ -105,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args, bindings = parse_flags(argv)
+        if args.retain_freed_heap:
+            from amt_jax import heap
+
+            heap.retain_freed_heap()  # before anything starts JAX's threads
         parse_gin(args.gin_file, bindings, args.gin_search_path)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

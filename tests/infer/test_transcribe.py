@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
+from amt_jax import heap
 from amt_jax.audio.io import AudioError
 from amt_jax.infer import transcribe as tx
 from amt_jax.models import nmp
@@ -226,7 +227,7 @@ def _resident_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-@pytest.mark.skipif(tx._malloc_trim() is None, reason="glibc's malloc_trim only")
+@pytest.mark.skipif(heap._glibc() is None, reason="glibc's malloc_trim only")
 def test_release_freed_heap_returns_freed_chunks_to_the_os():
     """Freed heap chunks below the top stay resident until release_freed_heap()."""
     import ctypes

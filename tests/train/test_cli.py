@@ -7,6 +7,7 @@ import sys
 import gin
 import pytest
 
+from amt_jax import heap
 from amt_jax.train import main as main_lib
 
 GIN_DIR = main_lib.DEFAULT_SEARCH_PATHS[0]
@@ -25,6 +26,21 @@ def clean_gin():
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+@pytest.fixture(autouse=True)
+def heap_calls(monkeypatch):
+    """Record retain_freed_heap() calls instead of changing the test process's malloc."""
+    calls = []
+    monkeypatch.setattr(heap, "retain_freed_heap", lambda: calls.append(True) or True)
+    return calls
+
+
+def test_training_keeps_its_freed_heap_unless_told_not_to(heap_calls):
+    argv = ["--gin_file=mt3.gin", "--print_config"]
+    assert main_lib.main(argv) == 0 and heap_calls == [True]
+    gin.clear_config()
+    assert main_lib.main(argv + ["--no-retain_freed_heap"]) == 0 and heap_calls == [True]
 
 
 def test_help_is_fast_and_lists_the_flags():
