@@ -1,13 +1,18 @@
 """T5-small (MT3) train-step time and MFU on CPU, against a matmul peak measured in the same run.
 
 Usage: python tools/bench_train.py [--batch 2] [--steps 2] [--rounds 3] [--dtype float32]
+                                   [--peak-seconds 1.0] [--default-heap]
 
 Builds the real full-size MT3 (T5.1.1-small, mt3 vocabulary, dropout 0.1, z-loss) through
 the trainer (one device, MT3's Adafactor, on-device log-mel front end), times jitted train
 steps on random audio and 1024 non-padding target tokens (so every matmul FLOP is useful
 work), and reports
 
-  MFU = (model FLOPs per step / median step time) / fp32 matmul FLOP/s.
+  MFU = (model FLOPs per step / step time) / fp32 matmul FLOP/s.
+
+Like ``python -m amt_jax.train`` it first keeps freed C-heap memory for reuse
+(:func:`amt_jax.heap.retain_freed_heap`; ``--default-heap`` leaves glibc's policy alone,
+as ``--no-retain_freed_heap`` does for training), and it prints the page faults per step.
 
 Model FLOPs are a closed-form count of T5's matmuls (3x the forward, less the unneeded
 input gradient of the mel projection), cross-checked against the matmul FLOPs of the
