@@ -142,7 +142,8 @@ def contract_trailing(x: jax.Array, kernel: jax.Array, num_in: int) -> jax.Array
     fuses the transpose that the weight-gradient GEMM needs into the producer of one of
     them (the GELU / dropout backward, or the forward dropout / RMSNorm), which then
     writes its output in transposed, cache-hostile order: those fusions took ~25% of a
-    T5-small train step. With the barrier the transpose is a separate tiled copy.
+    T5-small train step. With the barrier the transpose is a separate tiled copy, and the
+    weight gradient transposes the narrower of x and the cotangent (see the backward).
     """
     return jax.lax.dot_general(x, kernel, _trailing_dims(x.ndim, num_in))
 
