@@ -24,3 +24,17 @@ def shared_dir():
     if not os.path.isdir(path):
         pytest.skip(f"../shared not found at {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """Compile without XLA's heavy optimisation passes for the requesting module.
+
+    Compile time dominates the tiny-model CPU tests; the numerics they check do not need
+    -O. Modules opt in with ``pytestmark = pytest.mark.usefixtures("fast_compile")``;
+    tests/train and tests/partitioning do so for every module in their conftest.
+    """
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)

@@ -20,13 +20,7 @@ from amt_jax.train.trainer import Trainer, model_factory
 BATCH = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Tiny models compile much faster without XLA's heavy optimisation passes."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _config(dtype: str) -> of.OnsetsFramesConfig:

@@ -19,13 +19,7 @@ from amt_jax.partitioning.axes import DEFAULT_RULES
 TINY_VOCAB = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quick_compiles():
-    """XLA compile time dominates these CPU tests; the numerics under test do not need -O."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @functools.lru_cache(maxsize=2)

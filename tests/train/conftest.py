@@ -1,12 +1,8 @@
-"""Tiny models compile much faster without XLA's heavy optimisation passes."""
+"""Every module here trains or compiles tiny models: see ``fast_compile`` in tests/conftest.py."""
 
-import jax
 import pytest
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+def _fast_compile(fast_compile):
+    """Applies the shared fixture to each module of this directory."""
