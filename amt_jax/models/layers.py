@@ -245,13 +245,43 @@ class Dropout(nnx.Dropout):
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> jax.Array:
+        mask_shape = list(inputs.shape)
+        for dim in self.broadcast_dims:
+            mask_shape[dim] = 1
+        keep = self.keep_mask(tuple(mask_shape), deterministic=deterministic, rngs=rngs)
+        if keep is None:
+            return inputs
+        scaled = inputs * jnp.asarray(self.keep_scale, inputs.dtype)
+        return jnp.where(keep, scaled, jnp.zeros_like(inputs))
+
+    @property
+    def keep_scale(self) -> float:
+        """What kept elements are multiplied by: the inverse of the exact keep probability."""
+        return 65536 / self._threshold
+
+    @property
+    def _threshold(self) -> int:
+        return min(max(round((1.0 - self.rate) * 65536), 1), 65535)
+
+    def keep_mask(
+        self,
+        shape: tuple[int, ...],
+        *,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ) -> jax.Array | None:
+        """Boolean keep mask of ``shape`` (one draw from the stream), or None if nothing drops.
+
+        For callers that apply the mask somewhere cheaper than the layer's input (attention
+        drops value rows instead of probability columns); ``__call__`` uses it too.
+        """
         deterministic = self.deterministic if deterministic is None else deterministic
         if deterministic is None:
             raise ValueError("Dropout needs deterministic=True/False (argument or attribute)")
         if self.rate == 0.0 or deterministic:
-            return inputs
+            return None
         if self.rate == 1.0:
-            return jnp.zeros_like(inputs)
+            return jnp.zeros(shape, bool)
         rngs = self.rngs if rngs is None else rngs
         if isinstance(rngs, nnx.Rngs):
             key = rngs[self.rng_collection]()
@@ -261,13 +291,7 @@ class Dropout(nnx.Dropout):
             key = rngs
         else:
             raise ValueError("Dropout is not deterministic but has no rngs")
-        mask_shape = list(inputs.shape)
-        for dim in self.broadcast_dims:
-            mask_shape[dim] = 1
-        threshold = min(max(round((1.0 - self.rate) * 65536), 1), 65535)
-        keep = _keep_mask16(key, tuple(mask_shape), threshold)
-        scaled = inputs * jnp.asarray(65536 / threshold, inputs.dtype)
-        return jnp.where(keep, scaled, jnp.zeros_like(inputs))
+        return _keep_mask16(key, shape, self._threshold)
 
 
 def _keep_mask16(key: jax.Array, shape: tuple[int, ...], threshold: int) -> jax.Array:
@@ -370,7 +394,8 @@ class MultiHeadAttention(nnx.Module):
             param_dtype=param_dtype,
             rngs=rngs,
         )
-        # probabilities are [batch, heads, q, k]: one mask for every query position
+        # probabilities are [batch, heads, q, k]: one mask for every query position, which
+        # ``attend`` draws as [batch, heads, 1, k] and applies to the values
         self.dropout = Dropout(dropout_rate, broadcast_dims=(2,), rngs=rngs)
 
     def project_query(self, inputs_q: jax.Array) -> jax.Array:
@@ -396,7 +421,16 @@ class MultiHeadAttention(nnx.Module):
             # where a select would cost one more pass over the [b, h, q, k] gradient
             scores = scores + jnp.where(mask_bhqk, 0.0, NEG_INF).astype(scores.dtype)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = self.dropout(probs, deterministic=deterministic)
+        # Dropout on the probabilities shares its mask over queries (t5x broadcast_dropout),
+        # so it equals dropping value rows: sum_k (p_qk m_k) v_k = sum_k p_qk (m_k v_k).
+        # Masking [b, k, h, d] values instead of [b, h, q, k] probabilities saves a pass over
+        # the largest tensor in both the forward and the backward (~10% of a T5-small step).
+        batch, keys, heads, _ = value_bkhd.shape
+        keep_bh1k = self.dropout.keep_mask((batch, heads, 1, keys), deterministic=deterministic)
+        if keep_bh1k is not None:
+            keep_bkh1 = jnp.transpose(keep_bh1k, (0, 3, 1, 2))
+            scaled = value_bkhd * jnp.asarray(self.dropout.keep_scale, value_bkhd.dtype)
+            value_bkhd = jnp.where(keep_bkh1, scaled, jnp.zeros_like(value_bkhd))
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, value_bkhd)
         context = constrain(context, ("batch", self.q_axis, "heads", "kv"))
         return self.out(context)

@@ -88,6 +88,31 @@ def test_attention_dropout_is_shared_across_queries():
     assert (dropped == dropped[0:1]).all()  # same keys dropped for every query
 
 
+def test_attention_dropout_on_values_equals_dropping_probabilities():
+    """attend() masks value rows; the result must equal dropping probability columns."""
+    attention = layers.MultiHeadAttention(
+        8, 2, 4, dropout_rate=0.4, q_axis="length", kv_axis="time", rngs=nnx.Rngs(7)
+    )
+    twin = nnx.clone(attention)  # same RNG state: draws the same mask
+    x_q = jax.random.normal(jax.random.key(2), (2, 3, 8))
+    x_kv = jax.random.normal(jax.random.key(3), (2, 5, 8))
+    got = np.asarray(attention(x_q, x_kv, None, deterministic=False))
+
+    keep_bh1k = np.asarray(twin.dropout.keep_mask((2, 2, 1, 5), deterministic=False))
+    assert keep_bh1k.any() and not keep_bh1k.all()
+    wq, wk, wv, wo = (np.asarray(m.kernel[...]) for m in (
+        attention.query, attention.key, attention.value, attention.out))  # fmt: skip
+    q = np.einsum("bte,ehd->bthd", x_q, wq)
+    k = np.einsum("bte,ehd->bthd", x_kv, wk)
+    v = np.einsum("bte,ehd->bthd", x_kv, wv)
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    probs = np.where(keep_bh1k, probs * twin.dropout.keep_scale, 0.0)
+    expected = np.einsum("bqhd,hde->bqe", np.einsum("bhqk,bkhd->bqhd", probs, v), wo)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_masks():
     np.testing.assert_array_equal(
         np.asarray(layers.causal_mask(3))[0, 0], np.tril(np.ones((3, 3), bool))
