@@ -171,6 +171,10 @@ def _contract_trailing_bwd(num_in, residuals, grad_out):
         # wide input whose producer (e.g. the MLP's GELU * dropout) XLA would otherwise
         # recompute in transposed order; the [out, in] result is small to transpose.
         grad_kernel_t = jax.lax.dot_general(grad_out, x, ((lead_axes, lead_axes), ((), ())))
+        # the barrier keeps XLA from folding the transpose into the GEMM by swapping its
+        # operands, which would put the wide input back on the left, contracted on its
+        # leading axis: a layout XLA:CPU's fast GEMM path rejects (it falls back to Eigen)
+        grad_kernel_t = jax.lax.optimization_barrier(grad_kernel_t)
         in_first = tuple(range(num_out, kernel.ndim)) + tuple(range(num_out))
         grad_kernel = jnp.transpose(grad_kernel_t, in_first)
     else:
@@ -179,6 +183,66 @@ def _contract_trailing_bwd(num_in, residuals, grad_out):
 
 
 contract_trailing.defvjp(_contract_trailing_fwd, _contract_trailing_bwd)
+
+
+@jax.custom_vjp
+def attention_scores(query_bqhd: jax.Array, key_bkhd: jax.Array) -> jax.Array:
+    """``einsum("bqhd,bkhd->bhqk")`` whose backward keeps XLA:CPU on its fast GEMM path.
+
+    JAX's generic transpose rule ends the key gradient in a transpose that XLA folds into
+    the GEMM by swapping operands, leaving the [b, h, q, k] cotangent on the left
+    contracted over queries (not its last axis). XLA:CPU's fast GEMM path (YNNPACK)
+    rejects that layout and runs Eigen at about half the rate. The backward below states
+    each gradient with the large operand contracted on its last axis or on the right, and
+    a barrier keeps the final small transpose from being folded back.
+    """
+    return jnp.einsum("bqhd,bkhd->bhqk", query_bqhd, key_bkhd)
+
+
+def _attention_scores_fwd(query_bqhd, key_bkhd):
+    return attention_scores(query_bqhd, key_bkhd), (query_bqhd, key_bkhd)
+
+
+def _attention_scores_bwd(residuals, grad_bhqk):
+    query_bqhd, key_bkhd = residuals
+    grad_query_bhqd = jnp.einsum("bhqk,bkhd->bhqd", grad_bhqk, key_bkhd)
+    grad_key_bhdk = jnp.einsum("bqhd,bhqk->bhdk", query_bqhd, grad_bhqk)
+    grad_query_bhqd, grad_key_bhdk = jax.lax.optimization_barrier((grad_query_bhqd, grad_key_bhdk))
+    return (
+        jnp.transpose(grad_query_bhqd, (0, 2, 1, 3)).astype(query_bqhd.dtype),
+        jnp.transpose(grad_key_bhdk, (0, 3, 1, 2)).astype(key_bkhd.dtype),
+    )
+
+
+attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
+
+
+@jax.custom_vjp
+def attention_context(probs_bhqk: jax.Array, value_bkhd: jax.Array) -> jax.Array:
+    """``einsum("bhqk,bkhd->bqhd")`` with the value gradient kept on the fast GEMM path.
+
+    Same reason as :func:`attention_scores`: the value gradient contracts the
+    probabilities over queries, so it is computed as [b, h, d, k] with them on the right.
+    """
+    return jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk, value_bkhd)
+
+
+def _attention_context_fwd(probs_bhqk, value_bkhd):
+    return attention_context(probs_bhqk, value_bkhd), (probs_bhqk, value_bkhd)
+
+
+def _attention_context_bwd(residuals, grad_bqhd):
+    probs_bhqk, value_bkhd = residuals
+    grad_probs_bhqk = jnp.einsum("bqhd,bkhd->bhqk", grad_bqhd, value_bkhd)
+    grad_value_bhdk = jnp.einsum("bqhd,bhqk->bhdk", grad_bqhd, probs_bhqk)
+    grad_value_bhdk = jax.lax.optimization_barrier(grad_value_bhdk)
+    return (
+        grad_probs_bhqk.astype(probs_bhqk.dtype),
+        jnp.transpose(grad_value_bhdk, (0, 3, 1, 2)).astype(value_bkhd.dtype),
+    )
+
+
+attention_context.defvjp(_attention_context_fwd, _attention_context_bwd)
 
 
 def _as_tuple(features: int | Sequence[int]) -> tuple[int, ...]:
@@ -415,7 +479,7 @@ class MultiHeadAttention(nnx.Module):
         deterministic: bool | None = None,
     ) -> jax.Array:
         """Attention of projected queries over projected keys/values, then the out proj."""
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query_bqhd, key_bkhd).astype(jnp.float32)
+        scores = attention_scores(query_bqhd, key_bkhd).astype(jnp.float32)
         if mask_bhqk is not None:
             # an additive bias, not a select on the scores: its backward is the identity,
             # where a select would cost one more pass over the [b, h, q, k] gradient
@@ -431,7 +495,7 @@ class MultiHeadAttention(nnx.Module):
             keep_bkh1 = jnp.transpose(keep_bh1k, (0, 3, 1, 2))
             scaled = value_bkhd * jnp.asarray(self.dropout.keep_scale, value_bkhd.dtype)
             value_bkhd = jnp.where(keep_bkh1, scaled, jnp.zeros_like(value_bkhd))
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, value_bkhd)
+        context = attention_context(probs, value_bkhd)
         context = constrain(context, ("batch", self.q_axis, "heads", "kv"))
         return self.out(context)
 

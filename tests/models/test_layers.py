@@ -167,6 +167,27 @@ def test_contract_trailing_gradients_equal_dot_general(x_shape, kernel_shape, nu
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("fn", "spec", "lhs_shape", "rhs_shape"),
+    [
+        # distinct b, q, k, h, d sizes so a swapped axis cannot pass
+        (layers.attention_scores, "bqhd,bkhd->bhqk", (2, 3, 4, 5), (2, 7, 4, 5)),
+        (layers.attention_context, "bhqk,bkhd->bqhd", (2, 4, 3, 7), (2, 7, 4, 5)),
+    ],
+)
+def test_attention_einsums_match_jnp_einsum_and_its_gradients(fn, spec, lhs_shape, rhs_shape):
+    key_a, key_b, key_g = jax.random.split(jax.random.key(1), 3)
+    lhs = jax.random.normal(key_a, lhs_shape)
+    rhs = jax.random.normal(key_b, rhs_shape)
+    out, vjp = jax.vjp(fn, lhs, rhs)
+    ref_out, ref_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), lhs, rhs)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-6)
+    cotangent = jax.random.normal(key_g, out.shape)
+    for got, want in zip(vjp(cotangent), ref_vjp(cotangent), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_dropout_keeps_the_stated_fraction_unbiased_and_shares_broadcast_dims():
     dropout = layers.Dropout(0.1, rngs=nnx.Rngs(dropout=3))
     ones = jnp.ones((4, 257, 301))  # odd last axis: the two 16-bit halves are trimmed
