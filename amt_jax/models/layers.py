@@ -199,8 +199,13 @@ def attention_scores(query_bqhd: jax.Array, key_bkhd: jax.Array) -> jax.Array:
     return jnp.einsum("bqhd,bkhd->bhqk", query_bqhd, key_bkhd)
 
 
-def _attention_scores_fwd(query_bqhd, key_bkhd):
-    return attention_scores(query_bqhd, key_bkhd), (query_bqhd, key_bkhd)
+def _fwd_keeping_operands(fn):
+    """A custom_vjp forward rule for ``fn(a, b)`` that saves both operands for its backward."""
+
+    def fwd(lhs, rhs):
+        return fn(lhs, rhs), (lhs, rhs)
+
+    return fwd
 
 
 def _attention_scores_bwd(residuals, grad_bhqk):
@@ -214,7 +219,7 @@ def _attention_scores_bwd(residuals, grad_bhqk):
     )
 
 
-attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
+attention_scores.defvjp(_fwd_keeping_operands(attention_scores), _attention_scores_bwd)
 
 
 @jax.custom_vjp
@@ -225,10 +230,6 @@ def attention_context(probs_bhqk: jax.Array, value_bkhd: jax.Array) -> jax.Array
     probabilities over queries, so it is computed as [b, h, d, k] with them on the right.
     """
     return jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk, value_bkhd)
-
-
-def _attention_context_fwd(probs_bhqk, value_bkhd):
-    return attention_context(probs_bhqk, value_bkhd), (probs_bhqk, value_bkhd)
 
 
 def _attention_context_bwd(residuals, grad_bqhd):
@@ -242,7 +243,7 @@ def _attention_context_bwd(residuals, grad_bqhd):
     )
 
 
-attention_context.defvjp(_attention_context_fwd, _attention_context_bwd)
+attention_context.defvjp(_fwd_keeping_operands(attention_context), _attention_context_bwd)
 
 
 def _as_tuple(features: int | Sequence[int]) -> tuple[int, ...]:

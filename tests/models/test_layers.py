@@ -1,6 +1,7 @@
 """Shared layers: positions, RMSNorm, dense init, attention numerics and masks."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +187,39 @@ def test_attention_einsums_match_jnp_einsum_and_its_gradients(fn, spec, lhs_shap
     for got, want in zip(vjp(cotangent), ref_vjp(cotangent), strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cpu_only
+def test_tiny_mt3_train_step_runs_every_gemm_on_the_fast_cpu_path():
+    """No dot of the compiled train step is left for XLA:CPU's slow Eigen fallback.
+
+    XLA:CPU sends a dot to YNNPACK (inside a fusion) only if its left operand is contracted
+    on its last axis; any other dot stays a top-level Eigen call at about half the rate.
+    Before the custom backwards of ``attention_scores`` / ``attention_context`` and the
+    barrier in ``contract_trailing``, the attention key/value and ``wo`` weight gradients
+    landed there (40 dots per T5-small step).
+    """
+    from amt_jax.models.t5 import MT3Config, MT3Model
+    from amt_jax.partitioning import mesh as mesh_lib
+    from amt_jax.train.optimizers import mt3_adafactor
+    from amt_jax.train.trainer import Trainer, model_factory
+
+    config = MT3Config.tiny()
+    mesh = mesh_lib.make_mesh(data=1, model=1, devices=jax.devices()[:1])
+    trainer = Trainer(model_factory(MT3Model, config), mt3_adafactor(), mesh)
+    rng = np.random.default_rng(0)
+    batch = trainer.global_batch(
+        {
+            "audio_bs": rng.standard_normal((2, 128 * config.inputs_length), np.float32),
+            "targets_bl": rng.integers(3, 100, (2, config.targets_length), np.int32),
+        }
+    )
+    hlo = trainer.lower_train_step(trainer.init_state(), batch).compile().as_text()
+    if "ynn_fusion" not in hlo:
+        pytest.skip("this XLA:CPU build does not use YNNPACK for dots")
+    entry = hlo[hlo.index("\nENTRY") :]
+    eigen_dots = re.findall(r"^\s*%\S+ = (\S+ dot\(.*)$", entry, re.M)
+    assert not eigen_dots, [line[:160] for line in eigen_dots[:3]]
 
 
 def test_dropout_keeps_the_stated_fraction_unbiased_and_shares_broadcast_dims():
