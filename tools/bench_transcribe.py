@@ -227,7 +227,7 @@ def stages(args) -> dict:
     from flax import nnx
 
     from amt_jax.audio.harmonic import harmonic_shifts
-    from amt_jax.infer import postprocess
+    from amt_jax.notes import basic_pitch as postprocess
     from amt_jax.infer.transcribe import Transcriber, batched, nmp_window_starts, read_mono
     from amt_jax.models import nmp
 

@@ -193,7 +193,7 @@ def restore_model(
     """
     import orbax.checkpoint as ocp
 
-    from amt_jax.train.train_state import merge_model, split_model
+    from amt_jax.models.base import merge_model, split_model
 
     directory = _checkpoint_directory(checkpoint)
     config = default_config(family) if config is None else config

@@ -44,3 +44,23 @@ class TranscriptionModel(nnx.Module, abc.ABC):
     @abc.abstractmethod
     def outputs_to_notes(self, outputs: dict[str, Any], **options: Any) -> Any:
         """Decode host-side outputs (numpy) of consecutive segments into a NoteSequence."""
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """``(graphdef, params, model_state)`` with params = every ``nnx.Param``."""
+    return nnx.split(model, nnx.Param, ...)
+
+
+def merge_model(
+    graphdef: nnx.GraphDef,
+    params_template: nnx.State,
+    model_state_template: nnx.State,
+    params: dict[str, Any],
+    model_state: dict[str, Any],
+) -> nnx.Module:
+    """Rebuild a module from pure dicts, using abstract States for the Variable types."""
+    params_state = jax.tree.map(lambda x: x, params_template)
+    nnx.replace_by_pure_dict(params_state, params)
+    rest_state = jax.tree.map(lambda x: x, model_state_template)
+    nnx.replace_by_pure_dict(rest_state, model_state)
+    return nnx.merge(graphdef, params_state, rest_state)

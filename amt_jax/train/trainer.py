@@ -31,7 +31,8 @@ from amt_jax.partitioning import axes
 from amt_jax.partitioning import mesh as mesh_lib
 from amt_jax.partitioning import rules as rules_lib
 from amt_jax.train.optimizers import Optimizer
-from amt_jax.train.train_state import TrainState, merge_model, split_model
+from amt_jax.models.base import merge_model, split_model
+from amt_jax.train.train_state import TrainState
 
 ModelFactory = Callable[[nnx.Rngs], TranscriptionModel]
 # A projection applied to the model after every update (e.g. NMP's unit-norm constraint).

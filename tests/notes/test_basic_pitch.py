@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from amt_jax.infer import postprocess as pp
+from amt_jax.notes import basic_pitch as pp
+from amt_jax.notes import onsets_frames as of_notes
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +224,7 @@ def _notes(sequence):
 def test_frames_without_onset_are_ignored():
     frames, onsets = _roll()
     frames[2:6, 10] = 0.9  # no onset anywhere
-    assert _notes(pp.onsets_frames_to_sequence(frames, onsets)) == []
+    assert _notes(of_notes.onsets_frames_to_sequence(frames, onsets)) == []
 
 
 def test_onset_starts_note_and_first_off_frame_ends_it():
@@ -233,7 +234,7 @@ def test_onset_starts_note_and_first_off_frame_ends_it():
     velocity = np.zeros_like(frames)
     velocity[3, 10] = 0.5
     fps = 31.25
-    notes = _notes(pp.onsets_frames_to_sequence(frames, onsets, velocity))
+    notes = _notes(of_notes.onsets_frames_to_sequence(frames, onsets, velocity))
     assert notes == [(31, 3 / fps, 7 / fps, int(0.5 * 80 + 10))]
 
 
@@ -242,7 +243,7 @@ def test_onset_counts_as_active_frame_and_threshold_is_strict():
     onsets[4, 20] = 0.7  # frame below threshold, onset above: one-frame note
     frames[8, 30] = 0.5  # exactly at threshold: not active
     onsets[8, 30] = 0.5
-    notes = _notes(pp.onsets_frames_to_sequence(frames, onsets))
+    notes = _notes(of_notes.onsets_frames_to_sequence(frames, onsets))
     assert [(p, s, e) for p, s, e, _ in notes] == [(41, 4 / 31.25, 5 / 31.25)]
 
 
@@ -253,7 +254,9 @@ def test_new_onset_rising_edge_rearticulates():
     onsets[5, 0] = 0.9  # rising edge while on: new note
     velocity = np.zeros_like(frames)
     velocity[1, 0], velocity[5, 0] = 1.5, -1.0  # clipped to [0, 1]
-    notes = _notes(pp.onsets_frames_to_sequence(frames, onsets, velocity, frames_per_second=10))
+    notes = _notes(
+        of_notes.onsets_frames_to_sequence(frames, onsets, velocity, frames_per_second=10)
+    )
     assert notes == [(21, 1 * 0.1, 5 * 0.1, 90), (21, 5 * 0.1, 9 * 0.1, 10)]
 
 
@@ -263,10 +266,10 @@ def test_note_running_to_the_end_is_closed_and_min_duration_filters():
     onsets[4, 87] = 0.9
     frames[1:2, 5] = 0.9
     onsets[1, 5] = 0.9
-    sequence = pp.onsets_frames_to_sequence(frames, onsets, frames_per_second=10)
+    sequence = of_notes.onsets_frames_to_sequence(frames, onsets, frames_per_second=10)
     assert sorted(_notes(sequence)) == [(26, 0.1, 0.2, 70), (108, 0.4, 6 * 0.1, 70)]
     assert sequence.total_time == pytest.approx(0.7)
-    short_dropped = pp.onsets_frames_to_sequence(
+    short_dropped = of_notes.onsets_frames_to_sequence(
         frames, onsets, frames_per_second=10, min_duration_ms=150
     )
     assert [n.pitch for n in short_dropped.notes] == [108]
@@ -278,17 +281,19 @@ def test_offsets_end_notes_when_enabled():
     onsets[2, 50] = 0.9
     offsets = np.zeros_like(frames)
     offsets[6, 50] = 0.9
-    default = _notes(pp.onsets_frames_to_sequence(frames, onsets, offset_probs_tp=offsets))
+    default = _notes(of_notes.onsets_frames_to_sequence(frames, onsets, offset_probs_tp=offsets))
     assert [(s, e) for _, s, e, _ in default] == [(2 / 31.25, 10 / 31.25)]
     gated = _notes(
-        pp.onsets_frames_to_sequence(frames, onsets, offset_probs_tp=offsets, offset_threshold=0.5)
+        of_notes.onsets_frames_to_sequence(
+            frames, onsets, offset_probs_tp=offsets, offset_threshold=0.5
+        )
     )
     assert [(s, e) for _, s, e, _ in gated] == [(2 / 31.25, 6 / 31.25)]
 
 
 def test_mismatched_rolls_raise():
     with pytest.raises(ValueError, match="frames, pitches"):
-        pp.onsets_frames_to_sequence(np.zeros((5, 88)), np.zeros((6, 88)))
+        of_notes.onsets_frames_to_sequence(np.zeros((5, 88)), np.zeros((6, 88)))
 
 
 @settings(max_examples=40, deadline=None)
@@ -298,7 +303,7 @@ def test_mismatched_rolls_raise():
 )
 def test_onset_gated_notes_respect_the_gating_rules(frames, onsets):
     """Every note starts on an onset, covers only active frames and ends where it must."""
-    sequence = pp.onsets_frames_to_sequence(
+    sequence = of_notes.onsets_frames_to_sequence(
         frames.astype(np.float32), onsets.astype(np.float32), frames_per_second=1.0
     )
     active = frames | onsets
