@@ -227,9 +227,9 @@ def stages(args) -> dict:
     from flax import nnx
 
     from amt_jax.audio.harmonic import harmonic_shifts
-    from amt_jax.notes import basic_pitch as postprocess
     from amt_jax.infer.transcribe import Transcriber, batched, nmp_window_starts, read_mono
     from amt_jax.models import nmp
+    from amt_jax.notes import basic_pitch as postprocess
 
     workdir = tempfile.mkdtemp(prefix="bench_transcribe_")
     path = os.path.join(workdir, "poly60.wav")

@@ -55,8 +55,8 @@ from flax import nnx
 
 from amt_jax.audio.cqt import basic_pitch_cqt, normalized_log
 from amt_jax.audio.harmonic import harmonic_shifts, harmonic_stack
-from amt_jax.notes import basic_pitch as postprocess
 from amt_jax.models.base import Batch, TranscriptionModel
+from amt_jax.notes import basic_pitch as postprocess
 from amt_jax.partitioning.axes import constrain
 
 SAMPLE_RATE = 22050

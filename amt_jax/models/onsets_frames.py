@@ -34,8 +34,8 @@ import optax
 from flax import nnx
 
 from amt_jax.audio.mel import ONSETS_FRAMES_MEL, MelConfig, log_mel
-from amt_jax.notes import onsets_frames as postprocess
 from amt_jax.models.base import Batch, TranscriptionModel
+from amt_jax.notes import onsets_frames as postprocess
 from amt_jax.partitioning.axes import constrain
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import jax
 import optax
+from flax import struct
 
 from amt_jax.models.base import merge_model, split_model  # noqa: F401  (re-exported)
-from flax import struct
 
 
 @struct.dataclass

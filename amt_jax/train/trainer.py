@@ -26,12 +26,11 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from amt_jax.models.base import TranscriptionModel
+from amt_jax.models.base import TranscriptionModel, merge_model, split_model
 from amt_jax.partitioning import axes
 from amt_jax.partitioning import mesh as mesh_lib
 from amt_jax.partitioning import rules as rules_lib
 from amt_jax.train.optimizers import Optimizer
-from amt_jax.models.base import merge_model, split_model
 from amt_jax.train.train_state import TrainState
 
 ModelFactory = Callable[[nnx.Rngs], TranscriptionModel]

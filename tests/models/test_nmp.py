@@ -9,9 +9,9 @@ import optax
 import pytest
 from flax import nnx
 
-from amt_jax.notes import basic_pitch as postprocess
 from amt_jax.models import nmp, nmp_weights
 from amt_jax.models.base import TranscriptionModel
+from amt_jax.notes import basic_pitch as postprocess
 
 
 @pytest.fixture(scope="module")
