@@ -77,7 +77,39 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int, quality: str = "
     return soxr.resample(np.asarray(samples, np.float32), orig_sr, target_sr, quality=quality)
 
 
+def check_wav_complete(path: str | os.PathLike) -> None:
+    """Raise :class:`AudioError` if a RIFF/WAVE file's data stops short of its header.
+
+    libsndfile silently reads what is there, so a cut-off download would otherwise pass
+    as a shorter (or empty) recording. Non-WAV files and streaming headers that leave
+    the size unset (0 or 0xFFFFFFFF) are not checked.
+    """
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        position = 12
+        while position + 8 <= size:
+            f.seek(position)
+            chunk = f.read(8)
+            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if chunk_id == b"data":
+                available = size - position - 8
+                if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+                    raise AudioError(
+                        f"'{path}' is truncated: its header declares {chunk_size} bytes of "
+                        f"audio data but the file holds only {available} "
+                        f"({100 * available / chunk_size:.1f} %); re-download or re-export it"
+                    )
+                return
+            position += 8 + chunk_size + (chunk_size & 1)
+    raise AudioError(f"'{path}' is a WAV file without a data chunk (truncated or corrupt)")
+
+
 def _read_with_soundfile(path: str) -> tuple[np.ndarray, int]:
+    check_wav_complete(path)
     samples, sr = sf.read(path, dtype="float32", always_2d=True)
     return samples, int(sr)
 
@@ -110,6 +142,8 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         try:
             samples, sr = reader(path)
             break
+        except AudioError:
+            raise
         except Exception as exc:  # noqa: BLE001 - every backend failure is reported below
             errors.append(f"{reader.__name__.removeprefix('_read_with_')}: {exc}")
     else:

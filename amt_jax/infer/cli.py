@@ -36,12 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or directories")
     parser.add_argument("-o", "--output-dir", default=".", help="where outputs go (default: .)")
     parser.add_argument(
-        "--model", default="nmp", choices=("nmp", "onsets_frames", "mt3"), help="model family"
+        "--model",
+        choices=("nmp", "onsets_frames", "mt3"),
+        help="model family (default: the checkpoint's, else nmp with Basic Pitch's weights)",
     )
     parser.add_argument(
         "--checkpoint",
         metavar="DIR",
-        help="training workdir (or its checkpoints/) to load; required for mt3/onsets_frames",
+        help="training workdir or exported model (e.g. reference_runs/nmp) to load; its "
+        "model.json gives the family and config; required for mt3/onsets_frames",
     )
     parser.add_argument(
         "--batch-size", type=int, help="windows per model call (default: nmp 4, mt3 4, O&F 1)"
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def note_options(args: argparse.Namespace) -> dict:
+def note_options(args: argparse.Namespace, family: str) -> dict:
     options = {"onset_threshold": args.onset_threshold, "frame_threshold": args.frame_threshold}
     nmp_only = {
         "minimum_note_length_ms": args.minimum_note_length,
@@ -88,10 +91,10 @@ def note_options(args: argparse.Namespace) -> dict:
         "multiple_pitch_bends": True if args.multiple_pitch_bends else None,
     }
     given = [name for name, value in nmp_only.items() if value is not None]
-    if args.model != "nmp" and given:
-        raise ValueError(f"options {given} only apply to --model nmp")
+    if family != "nmp" and given:
+        raise ValueError(f"options {given} only apply to the nmp model, not {family}")
     thresholds = (args.onset_threshold, args.frame_threshold)
-    if args.model == "mt3" and any(value is not None for value in thresholds):
+    if family == "mt3" and any(value is not None for value in thresholds):
         raise ValueError("--onset-threshold / --frame-threshold do not apply to --model mt3")
     options.update(nmp_only)
     return {name: value for name, value in options.items() if value is not None}
@@ -197,10 +200,26 @@ def transcribe_one(transcriber, path: str, stem: str, args, options, reference: 
 def main(argv: list[str] | None = None, *, compilation_cache: bool = False) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model != "nmp" and args.checkpoint is None:
+    if args.model not in (None, "nmp") and args.checkpoint is None:
         parser.error(f"--model {args.model} needs --checkpoint DIR (a trained model)")
+    family = args.model or "nmp"
+    if args.checkpoint is not None:
+        from amt_jax.models import checkpoints
+
+        try:
+            family, _ = checkpoints.read_record(checkpoints.model_directory(args.checkpoint))
+        except checkpoints.CheckpointError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        if args.model is not None and args.model != family:
+            print(
+                f"error: '{args.checkpoint}' holds a {family} model, not {args.model}; drop "
+                f"--model or pass --model {family}",
+                file=sys.stderr,
+            )
+            return 1
     try:
-        options = note_options(args)
+        options = note_options(args, family)
     except ValueError as error:
         parser.error(str(error))
     files, problems = collect_inputs(args.inputs)

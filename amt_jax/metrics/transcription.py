@@ -34,6 +34,36 @@ PROGRAM_GRANULARITIES = ("flat", "midi_class", "full")
 
 
 @dataclasses.dataclass(frozen=True)
+class FrameConvention:
+    """How frame F1 is counted: the roll's frame rate, the shortest note drawn, and the
+    summed velocity a reference cell needs to count as on."""
+
+    frames_per_second: float
+    min_note_seconds: float
+    reference_velocity_threshold: float
+
+
+#: each family is reported under the convention of its paper
+FRAME_CONVENTIONS = {
+    # MT3: 62.5 fps, notes extended to 50 ms, reference cells with velocity > 30
+    "mt3": FrameConvention(FRAMES_PER_SECOND, MIN_NOTE_SECONDS, REFERENCE_VELOCITY_THRESHOLD),
+    # magenta's O&F frame metric: the model's 31.25 fps grid, every reference note
+    "onsets_frames": FrameConvention(16000 / 512, 0.0, 0),
+    # Basic Pitch: its 86.13 fps grid (22050 / 256), every reference note
+    "basic_pitch": FrameConvention(22050 / 256, 0.0, 0),
+}
+
+
+def get_frame_convention(name: str) -> FrameConvention:
+    try:
+        return FRAME_CONVENTIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown frame convention {name!r}; choose one of {', '.join(FRAME_CONVENTIONS)}"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
 class NoteArrays:
     """Notes of one sequence in mir_eval's layout."""
 
@@ -170,14 +200,22 @@ def frame_scores(
     *,
     frames_per_second: float = FRAMES_PER_SECOND,
     reference_velocity_threshold: float = REFERENCE_VELOCITY_THRESHOLD,
+    min_note_seconds: float = MIN_NOTE_SECONDS,
 ) -> tuple[float, float, float]:
-    """Frame P/R/F1 (MT3 convention) through ``mir_eval.multipitch`` on a shared grid."""
+    """Frame P/R/F1 through ``mir_eval.multipitch`` on a shared grid (MT3's convention by
+    default; see :data:`FRAME_CONVENTIONS`)."""
     ref_roll = piano_roll(
         reference,
         frames_per_second=frames_per_second,
         velocity_threshold=reference_velocity_threshold,
+        min_note_seconds=min_note_seconds,
     )
-    est_roll = piano_roll(estimate, frames_per_second=frames_per_second, velocity_threshold=0)
+    est_roll = piano_roll(
+        estimate,
+        frames_per_second=frames_per_second,
+        velocity_threshold=0,
+        min_note_seconds=min_note_seconds,
+    )
     num_frames = max(len(ref_roll), len(est_roll), 1)
     ref_roll = np.pad(ref_roll, ((0, num_frames - len(ref_roll)), (0, 0)))
     est_roll = np.pad(est_roll, ((0, num_frames - len(est_roll)), (0, 0)))
@@ -252,13 +290,15 @@ def track_metrics(
     *,
     with_velocity: bool = False,
     program_granularities: Sequence[str] = (),
-    frames_per_second: float = FRAMES_PER_SECOND,
+    frame_convention: str = "mt3",
 ) -> dict[str, float]:
     """All metrics for one full track (reference and estimate NoteSequences).
 
     ``with_velocity`` adds mir_eval's velocity-aware scores (for models that predict
-    velocity); ``program_granularities`` adds multi-instrument F1 (for MT3).
+    velocity); ``program_granularities`` adds multi-instrument F1 (for MT3);
+    ``frame_convention`` names how frame F1 is counted (:data:`FRAME_CONVENTIONS`).
     """
+    convention = get_frame_convention(frame_convention)
     ref_all, est_all = note_arrays(reference), note_arrays(estimate)
     ref, est = ref_all.select(~ref_all.is_drum_n), est_all.select(~est_all.is_drum_n)
     metrics: dict[str, float] = {}
@@ -269,7 +309,14 @@ def track_metrics(
         metrics.update(
             _prf(*velocity_scores(ref, est, with_offsets=True), "Onset + offset + velocity")
         )
-    metrics.update(_prf(*frame_scores(ref, est, frames_per_second=frames_per_second), "Frame"))
+    frame = frame_scores(
+        ref,
+        est,
+        frames_per_second=convention.frames_per_second,
+        reference_velocity_threshold=convention.reference_velocity_threshold,
+        min_note_seconds=convention.min_note_seconds,
+    )
+    metrics.update(_prf(*frame, "Frame"))
     for granularity in program_granularities:
         metrics.update(program_aware_scores(ref_all, est_all, granularity))
     metrics["Zero-length reference notes"] = float(ref_all.zero_length)

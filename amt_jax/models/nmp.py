@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -55,7 +56,7 @@ from flax import nnx
 
 from amt_jax.audio.cqt import basic_pitch_cqt, normalized_log
 from amt_jax.audio.harmonic import harmonic_shifts, harmonic_stack
-from amt_jax.models.base import Batch, TranscriptionModel
+from amt_jax.models.base import Batch, Segments, TranscriptionModel
 from amt_jax.notes import basic_pitch as postprocess
 from amt_jax.partitioning.axes import constrain
 
@@ -512,6 +513,19 @@ class NMP(TranscriptionModel):
     :meth:`loss`; :meth:`predict` always uses the running statistics.
     """
 
+    family = "nmp"
+    #: basic-pitch 0.4.0's note-creation defaults
+    decode_option_defaults = {
+        "onset_threshold": 0.5,
+        "frame_threshold": 0.3,
+        "minimum_note_length_ms": 127.7,
+        "min_freq": None,
+        "max_freq": None,
+        "melodia_trick": True,
+        "multiple_pitch_bends": False,
+    }
+    #: one output frame at basic-pitch's 86 fps
+    min_samples = math.ceil(SAMPLE_RATE / ANNOTATIONS_FPS)
     sample_rate = SAMPLE_RATE
     segment_samples = WINDOW_SAMPLES
 
@@ -697,18 +711,31 @@ class NMP(TranscriptionModel):
         logits = self(self._audio(batch), use_running_average=True)
         return {name: jax.nn.sigmoid(value) for name, value in logits.items()}
 
-    def outputs_to_notes(
-        self, outputs: dict[str, Any], *, num_samples: int, trim: str = "0.4.0", **options: Any
-    ):
-        """Per-window posteriors of one file's consecutive windows → NoteSequence.
+    def segment(self, audio_s: np.ndarray) -> Segments:
+        """Basic Pitch's windows: 43844 samples every 36164, the first starting 3840 samples
+        before the audio (basic-pitch prepends half an overlap of zeros)."""
+        starts = np.arange(num_windows(len(audio_s)), dtype=np.int64) * WINDOW_HOP_SAMPLES
+        starts -= OVERLAP_SAMPLES // 2
+        return Segments(starts, WINDOW_SAMPLES, starts / SAMPLE_RATE)
 
-        ``num_samples``: length of the original 22.05 kHz audio (for the final trim);
-        ``options``: note-creation options of
-        :func:`amt_jax.infer.postprocess.basic_pitch_outputs_to_sequence`.
-        """
-        stitched = unwrap_outputs(outputs, num_samples, trim=trim)
-        sequence, _ = postprocess.basic_pitch_outputs_to_sequence(stitched, **options)
-        return sequence
+    def stitch(self, outputs: Mapping[str, np.ndarray], *, num_samples: int) -> dict[str, Any]:
+        """Per-window posteriors -> [frames, bins] per head, exactly as basic-pitch 0.4.0."""
+        return unwrap_outputs(outputs, num_samples)
+
+    def outputs_to_notes(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        *,
+        num_samples: int,
+        start_times: np.ndarray,
+        **options: Any,
+    ) -> tuple[Any, dict[str, float]]:
+        """Per-window posteriors of one track -> (NoteSequence, stats) by Basic Pitch's
+        note creation (``options``: :attr:`decode_option_defaults`)."""
+        del start_times  # the windows are Basic Pitch's fixed grid
+        stitched = self.stitch(outputs, num_samples=num_samples)
+        sequence, events = postprocess.basic_pitch_outputs_to_sequence(stitched, **options)
+        return sequence, {"note_events": float(len(events))}
 
     def project_constraints(self) -> None:
         """Re-apply the UnitNorm kernel constraint in place (call after each update)."""

@@ -25,6 +25,7 @@ end, the LSTM cell state, the output layers (logits), sigmoids and losses stay f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -34,7 +35,7 @@ import optax
 from flax import nnx
 
 from amt_jax.audio.mel import ONSETS_FRAMES_MEL, MelConfig, log_mel
-from amt_jax.models.base import Batch, TranscriptionModel
+from amt_jax.models.base import Batch, Segments, TranscriptionModel
 from amt_jax.notes import onsets_frames as postprocess
 from amt_jax.partitioning.axes import constrain
 
@@ -70,6 +71,13 @@ class OnsetsFramesConfig:
     #: training / evaluation segment length (MAESTRO chunks are 5-20 s); a whole number of
     #: hops (20 s = 625 hops) so consecutive segments tile the frame grid
     segment_seconds: float = 20.0
+    #: inference windows: ``chunk_frames`` output frames kept per window, with
+    #: ``context_frames`` of real audio on each side, so the BiLSTMs see across chunk edges
+    chunk_frames: int = 512
+    context_frames: int = 32
+    #: onset-gated decoding thresholds (magenta's defaults)
+    onset_threshold: float = 0.5
+    frame_threshold: float = 0.5
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):
@@ -262,6 +270,8 @@ class OnsetsFrames(TranscriptionModel):
     to the label length; so do we).
     """
 
+    family = "onsets_frames"
+    decode_option_defaults = {"onset_threshold": None, "frame_threshold": None}
     sample_rate = 16000
 
     def __init__(self, config: OnsetsFramesConfig = ONSETS_FRAMES_CONFIG, *, rngs: nnx.Rngs):
@@ -392,31 +402,54 @@ class OnsetsFrames(TranscriptionModel):
             "velocity": outputs["velocity"],
         }
 
-    def outputs_to_notes(
-        self, outputs: dict[str, Any], *, num_samples: int | None = None, **options: Any
-    ):
-        """Posteriors of one piece → NoteSequence by onset-gated decoding (thresholds 0.5).
-
-        ``outputs`` hold [frames, 88] arrays, or [segments, frames, 88] for consecutive
-        ``segment_samples``-long segments: a centred spectrogram gives each segment one
-        frame more than its hops, and that last frame is the next segment's first, so it is
-        dropped before concatenating. ``num_samples`` trims to the piece's frame count.
-        """
+    def segment(self, audio_s: np.ndarray) -> Segments:
+        """Windows of ``chunk_frames + 2 * context_frames`` hops, ``chunk_frames`` apart,
+        each starting ``context_frames`` hops before the frames it keeps."""
         hop = self.config.mel.hop_length
+        core, context = self.config.chunk_frames, self.config.context_frames
+        count = max(1, -(-self.config.num_frames(len(audio_s)) // core))
+        starts = (np.arange(count, dtype=np.int64) * core - context) * hop
+        return Segments(starts, (core + 2 * context) * hop, starts / self.sample_rate)
 
-        def flat(name):
-            value = np.asarray(outputs[name])
-            if value.ndim == 3:
-                keep = min(value.shape[1], self.segment_samples // hop)
-                value = value[:, :keep].reshape(-1, value.shape[-1])
-            if num_samples is not None:
-                value = value[: self.config.num_frames(num_samples)]
-            return value
+    def stitch(self, outputs: Mapping[str, np.ndarray], *, num_samples: int) -> dict[str, Any]:
+        """Each window's core frames, concatenated and cut to the track's frame count."""
+        core, context = self.config.chunk_frames, self.config.context_frames
+        total = self.config.num_frames(num_samples)
+        stitched = {}
+        for name, value in outputs.items():
+            value = np.asarray(value)
+            if value.ndim != 3:
+                raise ValueError(f"{name!r} must be [windows, frames, pitches], got {value.shape}")
+            inner = value[:, context : context + core]
+            stitched[name] = inner.reshape(-1, value.shape[-1])[:total]
+        return stitched
 
-        options.setdefault("frames_per_second", self.config.frames_per_second)
-        return postprocess.onsets_frames_to_sequence(
-            flat("frame"), flat("onset"), flat("velocity"), **options
+    def outputs_to_notes(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        *,
+        num_samples: int,
+        start_times: np.ndarray,
+        onset_threshold: float | None = None,
+        frame_threshold: float | None = None,
+    ) -> tuple[Any, dict[str, float]]:
+        """Per-window posteriors of one track -> (NoteSequence, stats) by onset-gated
+        decoding (thresholds default to the config's)."""
+        del start_times  # the windows are a fixed grid (see :meth:`segment`)
+        stitched = self.stitch(outputs, num_samples=num_samples)
+        sequence = postprocess.onsets_frames_to_sequence(
+            stitched["frame"],
+            stitched["onset"],
+            stitched.get("velocity"),
+            frames_per_second=self.config.frames_per_second,
+            onset_threshold=self.config.onset_threshold
+            if onset_threshold is None
+            else onset_threshold,
+            frame_threshold=self.config.frame_threshold
+            if frame_threshold is None
+            else frame_threshold,
         )
+        return sequence, {}
 
 
 def _mean_bce(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -23,9 +24,10 @@ import numpy as np
 from flax import nnx
 
 from amt_jax.models import decoding, layers
-from amt_jax.models.base import Batch, TranscriptionModel
+from amt_jax.models.base import Batch, Segments, TranscriptionModel, consecutive_segments
 from amt_jax.models.losses import sequence_loss_and_metrics
 from amt_jax.partitioning.axes import constrain
+from amt_jax.vocab import layouts, note_events
 
 SAMPLE_RATE = 16_000
 SEGMENT_SAMPLES = 32_768
@@ -38,6 +40,8 @@ class MT3Config:
 
     vocab_size: embedding / logit rows (MT3 rounds the vocabulary up to a multiple of
       128: 1536 for the ``mt3`` vocabulary).
+    vocabulary: the token layout the model is trained on and decoded with (part of the
+      config, so the workdir's model record carries it to evaluation and transcription).
     dtype: activation dtype (``"float32"`` or ``"bfloat16"``); parameters, norms, softmax
       and logits stay float32.
     inputs_length / targets_length: frames per segment and maximum target (decode) length.
@@ -46,6 +50,7 @@ class MT3Config:
     """
 
     vocab_size: int = 1536
+    vocabulary: layouts.VocabularyConfig = layouts.VocabularyConfig.named("mt3")
     emb_dim: int = 512
     num_heads: int = 6
     head_dim: int = 64
@@ -66,6 +71,11 @@ class MT3Config:
     eos_id: int = 1
 
     def __post_init__(self):
+        if self.vocabulary.num_embeddings > self.vocab_size:
+            raise ValueError(
+                f"vocabulary {self.vocabulary.layout!r} needs {self.vocabulary.num_embeddings} "
+                f"embedding rows but vocab_size is {self.vocab_size}"
+            )
         if self.targets_length > self.max_position or self.inputs_length > self.max_position:
             raise ValueError(
                 f"inputs_length {self.inputs_length} / targets_length {self.targets_length} "
@@ -98,11 +108,10 @@ class MT3Config:
         vocabulary: a layout name (``"mt3"``, ``"seed"``, ``"ismir2021"``) or an
           ``amt_jax.vocab.vocabularies.VocabularyConfig``.
         """
-        from amt_jax.vocab import layouts  # not vocabularies: that imports seqio + TF
-
         if isinstance(vocabulary, str):
             vocabulary = layouts.VocabularyConfig.named(vocabulary)
-        return cls(**{"vocab_size": vocabulary.num_embeddings, **overrides})
+        values = {"vocab_size": vocabulary.num_embeddings, "vocabulary": vocabulary}
+        return cls(**{**values, **overrides})
 
 
 #: MT3's published network (``mt3`` vocabulary, 1536 embedding rows)
@@ -390,6 +399,7 @@ class MT3Model(TranscriptionModel):
     optionally, ``decoder_input_bl`` (otherwise targets shifted right with 0 as BOS).
     """
 
+    family = "mt3"
     sample_rate = SAMPLE_RATE
     segment_samples = SEGMENT_SAMPLES
 
@@ -517,37 +527,35 @@ class MT3Model(TranscriptionModel):
         tokens_bl = decode(self, encoded_btd, max_length=max_length, eos_id=self.config.eos_id)
         return {"tokens_bl": tokens_bl}
 
+    def segment(self, audio_s: np.ndarray) -> Segments:
+        """Consecutive 2.048 s segments (the last zero-padded), as MT3 infers."""
+        return consecutive_segments(len(audio_s), self.segment_samples, self.sample_rate)
+
+    def stitch(self, outputs: Mapping[str, np.ndarray], *, num_samples: int) -> dict[str, Any]:
+        del num_samples
+        return {"tokens": np.asarray(outputs["tokens_bl"])}
+
     def outputs_to_notes(
         self,
-        outputs: dict[str, Any],
+        outputs: Mapping[str, np.ndarray],
         *,
-        start_times: Any = None,
-        vocabulary: Any = None,
-        return_stats: bool = False,
-    ) -> Any:
-        """Token ids of a track's consecutive segments -> one NoteSequence.
+        num_samples: int,
+        start_times: np.ndarray,
+        **options: Any,
+    ) -> tuple[Any, dict[str, float]]:
+        """Token ids [segments, length] of a track's segments -> (NoteSequence, stats).
 
-        outputs: ``tokens_bl`` [segments, length] (numpy or jax), in segment order.
-        start_times: segment start times in seconds (default: back to back, 2.048 s).
-        vocabulary: the ``amt_jax.vocab.vocabularies.VocabularyConfig`` the model was
-          trained with (default: the package default layout).
-        return_stats: also return the ``DecodeStats`` (invalid / dropped tokens, segments
-          without a tie token), which MT3 only counted.
+        Decoded with the config's vocabulary (the one the model was trained on), one
+        decoding state across segments (ties); stats count invalid / dropped tokens and
+        segments without a tie section, which MT3 only counted.
         """
-        from amt_jax.vocab import layouts, note_events
-
+        del num_samples
+        if options:
+            raise ValueError(f"MT3 decoding takes no options, got {sorted(options)}")
         tokens_bl = np.asarray(outputs["tokens_bl"])
         if tokens_bl.ndim != 2:
             raise ValueError(f"outputs_to_notes: tokens_bl must be 2-D, got {tokens_bl.shape}")
-        vocabulary = layouts.VocabularyConfig() if vocabulary is None else vocabulary
-        if vocabulary.num_embeddings > self.config.vocab_size:
-            raise ValueError(
-                f"vocabulary {vocabulary.layout!r} has {vocabulary.num_embeddings} rows but the "
-                f"model only {self.config.vocab_size}"
-            )
-        if start_times is None:
-            start_times = note_events.segment_start_times(
-                len(tokens_bl), self.segment_samples / self.sample_rate
-            )
-        notes, stats = note_events.decode_segments(list(tokens_bl), start_times, vocabulary)
-        return (notes, stats) if return_stats else notes
+        notes, stats = note_events.decode_segments(
+            list(tokens_bl), np.asarray(start_times), self.config.vocabulary
+        )
+        return notes, stats.as_dict()

@@ -12,7 +12,8 @@ import gin
 from amt_jax.models import nmp, onsets_frames, t5
 from amt_jax.partitioning import mesh as mesh_lib
 from amt_jax.partitioning import rules as rules_lib
-from amt_jax.train import evaluation, inputs, loop, optimizers, trainer
+from amt_jax.train import inputs, loop, optimizers, trainer
+from amt_jax.vocab import layouts
 
 
 def _register(fn, name: str) -> None:
@@ -30,9 +31,9 @@ _register(trainer.model_factory, "model_factory")
 _register(mesh_lib.make_mesh, "make_mesh")
 _register(rules_lib.get_rules, "logical_rules")
 
-# evaluation
-_register(evaluation.consecutive_segments, "consecutive_segments")
-_register(evaluation.windowed_segments, "windowed_segments")
+# MT3 vocabularies (part of MT3Config)
+_register(layouts.VocabularyConfig, "VocabularyConfig")
+_register(layouts.VocabularyConfig.named, "vocabulary_named")
 
 # inputs
 _register(inputs.task_batches, "task_batches")
@@ -47,7 +48,6 @@ _register(t5.MT3Config.for_vocabulary, "mt3_config_for_vocabulary")
 gin.constant("amt_jax.NMP", nmp.NMP)
 _register(nmp.NMPConfig, "NMPConfig")
 gin.constant("amt_jax.NMP_TINY", nmp.NMP_TINY)
-_register(nmp.window_audio, "nmp_window_audio")
 
 gin.constant("amt_jax.OnsetsFrames", onsets_frames.OnsetsFrames)
 _register(onsets_frames.OnsetsFramesConfig, "OnsetsFramesConfig")

@@ -20,10 +20,11 @@ import jax
 import numpy as np
 import tqdm
 
+from amt_jax.models import checkpoints
 from amt_jax.partitioning import axes
 from amt_jax.partitioning import mesh as mesh_lib
 from amt_jax.partitioning import rules as rules_lib
-from amt_jax.train import checkpointing, evaluation, summaries
+from amt_jax.train import evaluation, summaries
 from amt_jax.train.optimizers import Optimizer
 from amt_jax.train.trainer import ModelFactory, ParamProjection, Trainer, measure_matmul_peak
 
@@ -82,10 +83,10 @@ def train(
     eval_loss_batches: int = 4,
     eval_batch_size: int | None = None,
     max_eval_tracks: int | None = None,
-    eval_segmenter: evaluation.Segmenter = evaluation.consecutive_segments,
     decode_options: Mapping[str, Any] | None = None,
     with_velocity: bool = False,
     program_granularities: Sequence[str] = (),
+    frame_convention: str = "mt3",
     distributed: bool = False,
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -109,6 +110,13 @@ def train(
       rules: a rule-set name from :mod:`amt_jax.partitioning.rules` or explicit pairs.
       microbatches: gradient accumulation steps per optimizer step.
       eval_every: steps between evaluations (default: at the end only).
+      decode_options: note-creation options for the eval transcriptions (the model's
+        ``decode_option_defaults`` otherwise).
+      frame_convention: how eval frame F1 is counted (``metrics.transcription``).
+
+    The workdir's ``model.json`` records the model family and config (vocabulary and
+    inference segmenting included), so ``amt-jax --checkpoint WORKDIR`` rebuilds exactly
+    the model and decoder evaluated here.
     """
     if distributed:
         mesh_lib.initialize_distributed(coordinator_address, num_processes, process_id)
@@ -126,9 +134,11 @@ def train(
         microbatches=microbatches,
         param_projection=param_projection,
     )
+    if jax.process_index() == 0:
+        checkpoints.write_record(workdir, trainer.abstract_model.config)
     num_shards, shard_index = jax.process_count(), jax.process_index()
     data_iter = train_data(shard_index=shard_index, num_shards=num_shards)
-    checkpointer = checkpointing.Checkpointer(
+    checkpointer = checkpoints.Checkpointer(
         workdir, save_every=checkpoint_every, keep=keep_checkpoints, async_save=async_checkpoints
     )
     writer = summaries.SummaryWriter(
@@ -152,10 +162,10 @@ def train(
         evaluator = evaluation.Evaluator(
             trainer,
             batch_size=eval_batch_size or batch_size or mesh.shape["data"],
-            segmenter=eval_segmenter,
             decode_options=decode_options,
             with_velocity=with_velocity,
             program_granularities=program_granularities,
+            frame_convention=frame_convention,
         )
 
     def run_eval(step: int) -> dict[str, float]:
