@@ -105,7 +105,9 @@ def check_wav_complete(path: str | os.PathLike) -> None:
                     )
                 return
             position += 8 + chunk_size + (chunk_size & 1)
-    raise AudioError(f"'{path}' is a WAV file without a data chunk (truncated or corrupt)")
+    raise AudioError(
+        f"'{path}' could not be decoded: a WAV file without a data chunk (corrupt or truncated)"
+    )
 
 
 def _read_with_soundfile(path: str) -> tuple[np.ndarray, int]:

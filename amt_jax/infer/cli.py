@@ -203,6 +203,11 @@ def main(argv: list[str] | None = None, *, compilation_cache: bool = False) -> i
     if args.model not in (None, "nmp") and args.checkpoint is None:
         parser.error(f"--model {args.model} needs --checkpoint DIR (a trained model)")
     family = args.model or "nmp"
+    if args.model is not None:
+        try:
+            note_options(args, args.model)
+        except ValueError as error:
+            parser.error(str(error))
     if args.checkpoint is not None:
         from amt_jax.models import checkpoints
 

@@ -71,11 +71,6 @@ class MT3Config:
     eos_id: int = 1
 
     def __post_init__(self):
-        if self.vocabulary.num_embeddings > self.vocab_size:
-            raise ValueError(
-                f"vocabulary {self.vocabulary.layout!r} needs {self.vocabulary.num_embeddings} "
-                f"embedding rows but vocab_size is {self.vocab_size}"
-            )
         if self.targets_length > self.max_position or self.inputs_length > self.max_position:
             raise ValueError(
                 f"inputs_length {self.inputs_length} / targets_length {self.targets_length} "
@@ -552,6 +547,12 @@ class MT3Model(TranscriptionModel):
         del num_samples
         if options:
             raise ValueError(f"MT3 decoding takes no options, got {sorted(options)}")
+        vocabulary = self.config.vocabulary
+        if vocabulary.num_embeddings > self.config.vocab_size:
+            raise ValueError(
+                f"vocabulary {vocabulary.layout!r} needs {vocabulary.num_embeddings} embedding "
+                f"rows but the model has {self.config.vocab_size} (MT3Config.vocab_size)"
+            )
         tokens_bl = np.asarray(outputs["tokens_bl"])
         if tokens_bl.ndim != 2:
             raise ValueError(f"outputs_to_notes: tokens_bl must be 2-D, got {tokens_bl.shape}")

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import tqdm
 
-from amt_jax.models import checkpoints
+from amt_jax.models import checkpoints, families
 from amt_jax.partitioning import axes
 from amt_jax.partitioning import mesh as mesh_lib
 from amt_jax.partitioning import rules as rules_lib
@@ -135,7 +135,13 @@ def train(
         param_projection=param_projection,
     )
     if jax.process_index() == 0:
-        checkpoints.write_record(workdir, trainer.abstract_model.config)
+        if getattr(trainer.abstract_model, "family", None) in families.FAMILIES:
+            checkpoints.write_record(workdir, trainer.abstract_model.config)
+        else:  # e.g. a test model: nothing to transcribe with later
+            logging.info(
+                "%s is not a registered family; no model.json written",
+                type(trainer.abstract_model).__name__,
+            )
     num_shards, shard_index = jax.process_count(), jax.process_index()
     data_iter = train_data(shard_index=shard_index, num_shards=num_shards)
     checkpointer = checkpoints.Checkpointer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -26,9 +27,10 @@ def test_nmp_streamed_windows_equal_basic_pitch_stitching_of_the_whole_signal(nm
     audio = harmonic_tones(sample_rate=22050, seconds=5.0)  # 4 windows, last one zero-padded
     windows = nmp.window_audio(audio)  # all windows at once, cut as basic-pitch cuts them
     assert windows.shape[0] == math.ceil((audio.size + 3840) / 36164) == 4
-    # 4 windows are one call of 4 rows (no zero padding rows; see batch_sizes).
-    whole = nmp.unwrap_outputs(nmp_transcriber._run(windows), audio.size)
-    streamed = nmp_transcriber.nmp_posteriors(audio)
+    segments = nmp_transcriber.model.segment(audio)
+    np.testing.assert_array_equal(segments.windows(audio, 0, len(segments)), windows)
+    whole = nmp.unwrap_outputs(nmp_transcriber.predict_batch(windows), audio.size)
+    streamed = nmp_transcriber.transcribe(audio, sample_rate=22050).posteriors
     # basic-pitch 0.4.0 keeps floor(n * 86 / 22050) frames
     assert streamed["note"].shape == (int(audio.size * 86 / 22050), 88)
     for name in ("note", "onset", "contour"):
@@ -36,20 +38,32 @@ def test_nmp_streamed_windows_equal_basic_pitch_stitching_of_the_whole_signal(nm
 
 
 def test_batch_sizes_cover_every_window_once_without_padding_rows():
-    assert tx.batch_sizes(37, 8) == [8, 8, 8, 8, 4, 1]
-    assert tx.batch_sizes(16, 8) == [8, 8]
-    assert tx.batch_sizes(3, 8) == [2, 1]
-    assert tx.batch_sizes(0, 8) == []
+    from amt_jax.models.base import Segments, power_of_two_batches, predict_segments
+
+    assert power_of_two_batches(37, 8) == [8, 8, 8, 8, 4, 1]
+    assert power_of_two_batches(16, 8) == [8, 8]
+    assert power_of_two_batches(3, 8) == [2, 1]
+    assert power_of_two_batches(0, 8) == []
     for count in range(40):
         for batch_size in (1, 3, 4, 8):
-            sizes = tx.batch_sizes(count, batch_size)
+            sizes = power_of_two_batches(count, batch_size)
             assert sum(sizes) == count and max(sizes, default=1) <= batch_size
             assert len(set(sizes)) <= batch_size.bit_length() + 1
     starts = np.arange(5) * 10
     audio = np.arange(60, dtype=np.float32)
-    rows = [batch for batch, _ in tx.batched(starts, audio, 4, 4)]
-    assert [r.shape for r in rows] == [(4, 4), (1, 4)]
-    np.testing.assert_array_equal(np.concatenate(rows)[:, 0], starts)
+    segments = Segments(starts, 4, starts / 10)
+    shapes = []
+
+    def predict(batch):
+        shapes.append(batch.shape)
+        return {"first": batch[:, :1]}
+
+    outputs = predict_segments(segments, audio, predict, 4)
+    assert shapes == [(4, 4), (1, 4)]
+    np.testing.assert_array_equal(outputs["first"][:, 0], starts)
+    shapes.clear()
+    predict_segments(segments, audio, predict, 4, pad_to_batch=True)
+    assert shapes == [(4, 4), (4, 4)]
 
 
 def test_array_and_file_inputs_agree_and_options_are_checked(nmp_transcriber, tmp_path):
@@ -110,26 +124,20 @@ def test_onsets_frames_chunks_with_context_match_one_pass():
     from amt_jax.models.onsets_frames import ONSETS_FRAMES_TINY
 
     audio = harmonic_tones(sample_rate=16000, seconds=3.0)
-    chunked = tx.Transcriber(
-        "onsets_frames",
-        random_weights=True,
-        config=ONSETS_FRAMES_TINY,
-        batch_size=2,
-        chunk_frames=32,
-        context_frames=16,
-    )
+    config = dataclasses.replace(ONSETS_FRAMES_TINY, chunk_frames=32, context_frames=16)
+    chunked = tx.Transcriber("onsets_frames", random_weights=True, config=config, batch_size=2)
     total = ONSETS_FRAMES_TINY.num_frames(audio.size)
-    posteriors = chunked.onsets_frames_posteriors(audio)  # 3 chunks of 32 + 16 + 16 frames
+    result = chunked.transcribe(audio, sample_rate=16000)  # 3 chunks of 32 + 16 + 16 frames
+    posteriors = result.posteriors
     assert posteriors["frame"].shape == (total, 88)
     # Chunk 1's core (frames 32..63) is what the model gives for its audio slice, which
     # starts 16 frames (of real audio) before the core.
     hop = ONSETS_FRAMES_TINY.mel.hop_length
-    chunk_audio = tx.slice_padded(audio, (32 - 16) * hop, (32 + 2 * 16) * hop)
-    direct = chunked._run(np.stack([chunk_audio, np.zeros_like(chunk_audio)]))
+    chunk_audio = audio[(32 - 16) * hop : (32 - 16) * hop + (32 + 2 * 16) * hop]
+    direct = chunked.predict_batch(np.stack([chunk_audio, np.zeros_like(chunk_audio)]))
     for name in ("onset", "frame", "velocity"):
         np.testing.assert_array_equal(posteriors[name][32:64], direct[name][0, 16:48])
-    sequence = chunked.transcribe(audio, sample_rate=16000).sequence
-    assert sequence.total_time > 0
+    assert result.sequence.total_time > 0
 
 
 def test_mt3_segments_are_batched_and_stitched():
@@ -146,7 +154,7 @@ def test_mt3_segments_are_batched_and_stitched():
     # Segments are independent: each row equals decoding that segment on its own.
     lone = np.zeros((2, 32768), np.float32)
     lone[0] = audio[32768:65536]
-    np.testing.assert_array_equal(transcriber._run(lone)["tokens_bl"][0], tokens[1])
+    np.testing.assert_array_equal(transcriber.predict_batch(lone)["tokens_bl"][0], tokens[1])
     assert result.stats["segments"] == 3
 
 
@@ -161,13 +169,8 @@ def test_batch_size_changes_memory_only_not_outputs():
     from amt_jax.models.t5 import MT3Config
 
     audio = harmonic_tones(sample_rate=16000, seconds=3.0)
-    transcriber = tx.Transcriber(
-        "onsets_frames",
-        random_weights=True,
-        config=ONSETS_FRAMES_TINY,
-        chunk_frames=32,
-        context_frames=16,
-    )
+    config = dataclasses.replace(ONSETS_FRAMES_TINY, chunk_frames=32, context_frames=16)
+    transcriber = tx.Transcriber("onsets_frames", random_weights=True, config=config)
     assert transcriber.batch_size == 1  # the default
     results = []
     for batch_size in (1, 2):  # same weights; the jitted function compiles per batch shape
@@ -188,19 +191,21 @@ def test_batch_size_changes_memory_only_not_outputs():
     tokens = []
     for batch_size in (1, 2):  # 3 segments: calls of 1 + 1 + 1, and of 2 + 1
         transcriber.batch_size = batch_size
-        tokens.append(transcriber.mt3_tokens(np.tile(audio, 2)))
+        tokens.append(
+            transcriber.transcribe(np.tile(audio, 2), sample_rate=16000).posteriors["tokens"]
+        )
     assert tokens[0].shape == (3, 16)
     np.testing.assert_array_equal(tokens[0], tokens[1])
 
 
-def test_restore_model_from_a_training_checkpoint(tmp_path):
+def _save_nmp_workdir(workdir, model, config):
     import optax
 
-    from amt_jax.train import checkpointing
-    from amt_jax.train.train_state import TrainState, split_model
+    from amt_jax.models import checkpoints
+    from amt_jax.models.base import split_model
+    from amt_jax.train.train_state import TrainState
 
-    trained = nmp.NMP(nmp.NMP_TINY, rngs=nnx.Rngs(3))
-    _, params, rest = split_model(trained)
+    _, params, rest = split_model(model)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     state = TrainState(
         step=np.asarray(7, np.int32),
@@ -208,17 +213,48 @@ def test_restore_model_from_a_training_checkpoint(tmp_path):
         model_state=rest,
         opt_state=optax.adam(1e-3).init(params),
     )
-    saver = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+    saver = checkpoints.Checkpointer(str(workdir), async_save=False)
     saver.save(7, state, {"position": 1})
     saver.close()
-    restored = tx.restore_model("nmp", tmp_path, config=nmp.NMP_TINY)
-    got = jax.tree.leaves_with_path(nnx.to_pure_dict(nnx.state(restored)))
+    checkpoints.write_record(workdir, config)
+
+
+def test_restore_model_from_a_training_workdir_and_its_export(tmp_path):
+    from amt_jax.models import checkpoints
+
+    trained = nmp.NMP(nmp.NMP_TINY, rngs=nnx.Rngs(3))
+    _save_nmp_workdir(tmp_path / "run", trained, nmp.NMP_TINY)
     want = jax.tree.leaves_with_path(nnx.to_pure_dict(nnx.state(trained)))
-    assert len(got) == len(want) == 24  # the 24 variables of the published model
-    for (path, value), (_, expected) in zip(got, want):
-        np.testing.assert_array_equal(np.asarray(value), np.asarray(expected), err_msg=str(path))
-    with pytest.raises(tx.TranscriptionError, match="does not fit"):
-        tx.restore_model("nmp", tmp_path)  # published config: conv widths differ
+    checkpoints.export_params(tmp_path / "run", tmp_path / "export")
+    for source in (tmp_path / "run", tmp_path / "run" / "checkpoints", tmp_path / "export"):
+        restored, step = checkpoints.restore_model(source)
+        assert step == 7 and restored.config == nmp.NMP_TINY
+        got = jax.tree.leaves_with_path(nnx.to_pure_dict(nnx.state(restored)))
+        assert len(got) == len(want) == 24  # the 24 variables of the published model
+        for (path, value), (_, expected) in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(expected), str(path))
+    # a transcriber needs nothing but the workdir: family and config come from model.json
+    transcriber = tx.Transcriber(checkpoint=tmp_path / "export")
+    assert transcriber.family == "nmp" and transcriber.config == nmp.NMP_TINY
+
+
+def test_options_that_contradict_the_checkpoint_are_one_line_errors(tmp_path):
+    from amt_jax.models import checkpoints
+    from amt_jax.models.t5 import MT3Config
+
+    _save_nmp_workdir(tmp_path, nmp.NMP(nmp.NMP_TINY, rngs=nnx.Rngs(3)), nmp.NMP_TINY)
+    with pytest.raises(tx.TranscriptionError, match="holds a nmp model, not mt3"):
+        tx.Transcriber("mt3", checkpoint=tmp_path)
+    with pytest.raises(tx.TranscriptionError, match="contour_filters: recorded 4, given 8"):
+        tx.Transcriber(checkpoint=tmp_path, config=nmp.NMP_CONFIG)
+    with pytest.raises(checkpoints.CheckpointError, match="another config"):
+        checkpoints.write_record(tmp_path, nmp.NMP_CONFIG)  # a workdir keeps its model
+    mt3_dir = tmp_path / "mt3"
+    checkpoints.write_record(mt3_dir, MT3Config.tiny())
+    with pytest.raises(tx.TranscriptionError, match="contradicts the 'mt3' vocabulary"):
+        tx.Transcriber(checkpoint=mt3_dir, vocabulary="seed")
+    with pytest.raises(tx.TranscriptionError, match="no model.json"):
+        tx.Transcriber(checkpoint=tmp_path / "checkpoints" / "7")
 
 
 def _resident_mb() -> float:

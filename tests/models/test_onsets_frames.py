@@ -160,24 +160,36 @@ def test_predict_shapes_and_outputs_to_notes(tiny_model):
     assert {k: v.shape for k, v in out.items()} == {
         k: (2, 16, 88) for k in ("onset", "offset", "frame", "velocity")
     }
-    # Two consecutive 1.024 s segments: 33 centred frames each, the 33rd of the first is
-    # the second's frame 0, so the piece has 64 (+1) frames, not 66.
-    assert model.segment_samples == 16384
-    frame = np.zeros((2, 33, 88), np.float32)
+    # Inference windows: chunk_frames core frames with context_frames on each side; the
+    # stitched posteriors keep only each window's core, cut to the track's frame count.
+    config = dataclasses.replace(model.config, chunk_frames=32, context_frames=4)
+    model = of.OnsetsFrames(config, rngs=nnx.Rngs(0))
+    num_samples = 512 * 40  # 41 centred frames: two windows
+    segments = model.segment(np.zeros(num_samples, np.float32))
+    np.testing.assert_array_equal(segments.starts, [-4 * 512, 28 * 512])
+    assert segments.length == 40 * 512
+    frame = np.zeros((2, 41, 88), np.float32)
     onset = np.zeros_like(frame)
-    frame[0, 30:, 40] = frame[1, :2, 40] = 0.9
-    onset[0, 30, 40] = 0.9
-    frame[1, 5:9, 10] = 0.9
-    onset[1, 5, 10] = 0.9
+    frame[0, 4 + 30 :, 40] = frame[1, 4 : 4 + 2, 40] = 0.9  # frames 30..33 of the track
+    onset[0, 4 + 30, 40] = 0.9
+    frame[0, :4, 20] = onset[0, :4, 20] = 0.9  # left context only: never kept
+    frame[1, 4 + 5 : 4 + 9, 10] = 0.9  # frames 37..40
+    onset[1, 4 + 5, 10] = 0.9
     velocity = np.full_like(frame, 0.5)
     outputs = {"frame": frame, "onset": onset, "velocity": velocity}
-    sequence = model.outputs_to_notes(outputs)
+    stitched = model.stitch(outputs, num_samples=num_samples)
+    assert stitched["frame"].shape == (41, 88)
+    sequence, _ = model.outputs_to_notes(
+        outputs, num_samples=num_samples, start_times=segments.start_times
+    )
     assert [(n.pitch, n.velocity) for n in sequence.notes] == [(61, 50), (31, 50)]
     assert (sequence.notes[0].start_time, sequence.notes[0].end_time) == pytest.approx(
         (30 / 31.25, 34 / 31.25)
     )
     assert sequence.notes[1].start_time == pytest.approx(37 / 31.25)
-    trimmed = model.outputs_to_notes(outputs, num_samples=16384 + 512 * 4)  # 37 frames
+    trimmed, _ = model.outputs_to_notes(
+        outputs, num_samples=512 * 36, start_times=segments.start_times
+    )  # 37 frames
     assert [n.pitch for n in trimmed.notes] == [61]  # frame 37 lies beyond the piece
 
 

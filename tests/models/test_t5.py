@@ -258,15 +258,51 @@ def test_outputs_to_notes_decodes_token_segments():
     tokens_bl = np.zeros((2, 32), np.int32)  # decoded rows: PAD after EOS
     for row, segment in zip(tokens_bl, segments):
         row[: len(segment)] = segment
-    notes = model.outputs_to_notes({"tokens_bl": tokens_bl}, vocabulary=vocabulary)
+    start_times = model.segment(np.zeros(2 * 32768 - 5, np.float32)).start_times
+    notes, stats = model.outputs_to_notes(
+        {"tokens_bl": tokens_bl}, num_samples=2 * 32768 - 5, start_times=start_times
+    )
+    assert stats["segments"] == 2
     got = sorted((n.pitch, n.program, n.is_drum, n.start_time, n.end_time) for n in notes.notes)
     expected = [(36, 0, True, 3.0, 3.01), (60, 0, False, 0.5, 1.0), (64, 40, False, 1.5, 2.5)]
     assert [g[:3] for g in got] == [e[:3] for e in expected]
     np.testing.assert_allclose([g[3:] for g in got], [e[3:] for e in expected], atol=1e-6)
-    with pytest.raises(ValueError, match="1536 rows but the model only 640"):
-        model.outputs_to_notes(
-            {"tokens_bl": tokens_bl}, vocabulary=vocabularies.VocabularyConfig.named("mt3")
-        )
+    # the vocabulary is the config's: a model too small for it cannot decode
+    small = nnx.eval_shape(
+        lambda: MT3Model.from_config(MT3Config.tiny(vocab_size=640), rngs=nnx.Rngs(0))
+    )
+    with pytest.raises(ValueError, match="'mt3' needs 1536 embedding rows but the model has 640"):
+        small.outputs_to_notes({"tokens_bl": tokens_bl}, num_samples=1, start_times=[0.0, 2.048])
+
+
+def test_mt3_decodes_with_the_vocabulary_it_trains_on():
+    """The bug this guards against: targets built with the ``mt3`` layout (max shift 1000)
+    decoded with the package default ``seed`` layout gave 0 notes."""
+    from note_seq import NoteSequence
+
+    from amt_jax.data import preprocessors
+    from amt_jax.metrics import transcription
+
+    model = nnx.eval_shape(lambda: MT3Model.from_config(MT3Config.tiny(), rngs=nnx.Rngs(0)))
+    assert model.config.vocabulary.layout == preprocessors.MT3.vocab_layout == "mt3"
+    reference = NoteSequence()
+    for i in range(40):
+        reference.notes.add(pitch=40 + i, start_time=0.1 * i, end_time=0.1 * i + 0.3, velocity=90)
+    audio = np.zeros(int(4.2 * 16000), np.float32)
+    segments = model.segment(audio)
+    tokens_bl = np.stack(
+        [
+            preprocessors.make_example(audio, reference, int(start), preprocessors.MT3)[
+                "targets_bl"
+            ]
+            for start in segments.starts
+        ]
+    )
+    notes, _ = model.outputs_to_notes(
+        {"tokens_bl": tokens_bl}, num_samples=len(audio), start_times=segments.start_times
+    )
+    assert len(notes.notes) == 40
+    assert transcription.track_metrics(reference, notes)["Onset F1"] == pytest.approx(1.0)
 
 
 def test_activation_constraints_lower_on_data_model_mesh(tiny_model):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from amt_jax.metrics import transcription
+from amt_jax.models import checkpoints
 from amt_jax.partitioning import mesh as mesh_lib
-from amt_jax.train import checkpointing, evaluation, loop, optimizers
+from amt_jax.train import evaluation, loop, optimizers
 from amt_jax.train.trainer import Trainer
 from tests.train.tiny_model import (
     SyntheticBatches,
@@ -55,7 +56,7 @@ def run(workdir, num_steps, **overrides):
 
 def restored_params(workdir, step=None):
     trainer = Trainer(tiny_factory(), optimizers.adam(1e-2), mesh_lib.make_mesh(4, 2))
-    ckpt = checkpointing.Checkpointer(str(workdir), async_save=False)
+    ckpt = checkpoints.Checkpointer(str(workdir), async_save=False)
     try:
         return ckpt.restore(trainer.abstract_state(), step)
     finally:
@@ -82,7 +83,7 @@ def test_resume_in_a_new_trainer_reproduces_the_uninterrupted_run(straight_run, 
         np.concatenate([np.ravel(v) for v in _leaves(b.state.params)]),
     ):
         assert x == y
-    assert sorted(checkpointing.Checkpointer(str(tmp_path)).all_steps()) == [4, 6]  # keep 2
+    assert sorted(checkpoints.Checkpointer(str(tmp_path)).all_steps()) == [4, 6]  # keep 2
 
 
 def _leaves(tree):
@@ -132,7 +133,7 @@ class NaNBatches(SyntheticBatches):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(loop.NonFiniteLossError, match=r"at step 5.*Last good checkpoint: step 4"):
         run(tmp_path, 8, train_data=batches_factory(cls=NaNBatches))
-    ckpt = checkpointing.Checkpointer(str(tmp_path))
+    ckpt = checkpoints.Checkpointer(str(tmp_path))
     assert ckpt.latest_step() == 4
     ckpt.close()
     restored = restored_params(tmp_path)
@@ -192,7 +193,9 @@ def test_evaluator_stitches_segments_independently_of_the_batch_size(tmp_path):
     probs = np.concatenate(
         [np.asarray(model.predict({"audio_bs": s[None]})["probs_btp"]) for s in segments]
     )
-    direct = model.outputs_to_notes({"probs_btp": probs})
+    direct, _ = model.outputs_to_notes(
+        {"probs_btp": probs}, num_samples=len(track.audio_s), start_times=np.arange(5)
+    )
     assert estimates[0] == estimates[1] == direct
     metrics, pairs = evaluation.Evaluator(trainer, batch_size=2).evaluate(state, [track])
     expected = transcription.track_metrics(track.reference, direct)
@@ -201,9 +204,10 @@ def test_evaluator_stitches_segments_independently_of_the_batch_size(tmp_path):
     assert image.shape[0] == 128 and image.shape[2] == 3
 
 
-def test_segmenters():
-    segments, extra = evaluation.consecutive_segments(np.ones(250, np.float32), 100, 50)
-    assert segments.shape == (3, 100) and segments[2, 50:].sum() == 0
-    np.testing.assert_allclose(extra["start_times"], [0.0, 2.0, 4.0])
-    windows, extra = evaluation.windowed_segments(lambda a: a.reshape(-1, 5))(np.ones(10), 0, 0)
-    assert windows.shape == (2, 5) and extra == {}
+def test_consecutive_segments_cover_the_track():
+    from amt_jax.models.base import consecutive_segments
+
+    segments = consecutive_segments(250, 100, 50)
+    windows = segments.windows(np.ones(250, np.float32), 0, 3)
+    assert windows.shape == (3, 100) and windows[2, 50:].sum() == 0 and windows[2, :50].all()
+    np.testing.assert_allclose(segments.start_times, [0.0, 2.0, 4.0])

@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 from note_seq.protobuf import music_pb2
 
-from amt_jax.models.base import TranscriptionModel
+from amt_jax.models.base import TranscriptionModel, consecutive_segments
 from amt_jax.partitioning import axes
 
 FRAMES, BINS, PITCHES, LOWEST_PITCH = 8, 16, 8, 60
@@ -21,6 +21,8 @@ FRAMES, BINS, PITCHES, LOWEST_PITCH = 8, 16, 8, 60
 class TinyFrameModel(TranscriptionModel):
     """audio [B, 128] -> 8 frames x 16 'bins' -> MLP -> 8 pitch logits per frame."""
 
+    family = "tiny"
+    decode_option_defaults = {"threshold": 0.5}
     sample_rate = 512
     segment_samples = FRAMES * BINS
 
@@ -61,9 +63,15 @@ class TinyFrameModel(TranscriptionModel):
             kernel = self.dense_out.kernel[...]
             self.dense_out.kernel[...] = kernel / jnp.linalg.norm(kernel, axis=0, keepdims=True)
 
-    def outputs_to_notes(self, outputs, **options):
-        probs_tp = np.concatenate(list(outputs["probs_btp"]), axis=0)
-        return roll_to_sequence(probs_tp > options.get("threshold", 0.5), self.frame_seconds)
+    def segment(self, audio_s):
+        return consecutive_segments(len(audio_s), self.segment_samples, self.sample_rate)
+
+    def stitch(self, outputs, *, num_samples):
+        return {"probs_tp": np.concatenate(list(outputs["probs_btp"]), axis=0)}
+
+    def outputs_to_notes(self, outputs, *, num_samples, start_times, threshold=0.5):
+        probs_tp = self.stitch(outputs, num_samples=num_samples)["probs_tp"]
+        return roll_to_sequence(probs_tp > threshold, self.frame_seconds), {}
 
     @property
     def frame_seconds(self):
