@@ -71,6 +71,7 @@ def train(
     eval_tracks: Callable[[], Iterable[evaluation.EvalTrack]] | None = None,
     mesh_data: int = -1,
     mesh_model: int = 1,
+    num_devices: int | None = None,
     rules: str | Sequence[Sequence[Any]] = "data_model_parallel",
     microbatches: int = 1,
     seed: int = 0,
@@ -107,6 +108,7 @@ def train(
       eval_data: like ``train_data``, for the eval loss (``eval_loss_batches`` batches).
       eval_tracks: ``() -> iterable of EvalTrack`` for full-track transcription metrics.
       mesh_data, mesh_model: mesh axis sizes (-1 = all remaining devices).
+      num_devices: use only the first ``num_devices`` devices (default: all).
       rules: a rule-set name from :mod:`amt_jax.partitioning.rules` or explicit pairs.
       microbatches: gradient accumulation steps per optimizer step.
       eval_every: steps between evaluations (default: at the end only).
@@ -121,7 +123,8 @@ def train(
     if distributed:
         mesh_lib.initialize_distributed(coordinator_address, num_processes, process_id)
     os.makedirs(workdir, exist_ok=True)
-    mesh = mesh_lib.make_mesh(mesh_data, mesh_model)
+    devices = None if num_devices is None else jax.devices()[:num_devices]
+    mesh = mesh_lib.make_mesh(mesh_data, mesh_model, devices=devices)
     logical_rules = rules_lib.get_rules(rules)
     if batch_size is not None:
         mesh_lib.check_batch_divides(batch_size, mesh, microbatches)
