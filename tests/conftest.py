@@ -10,10 +10,26 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import importlib.util  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+_NO_LIBTPU = pytest.mark.skip(
+    reason="needs libtpu to describe TPU topologies: pip install -e '.[tpu-aot]' "
+    "(CI's perf step installs it and runs `pytest -m 'perf or tpu'`)"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skips the ``tpu`` tests, saying why, where the tpu-aot extra is not installed."""
+    if importlib.util.find_spec("libtpu") is not None:
+        return
+    for item in items:
+        if item.get_closest_marker("tpu") is not None:
+            item.add_marker(_NO_LIBTPU)
 
 
 @pytest.fixture(scope="session")

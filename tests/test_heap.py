@@ -41,6 +41,7 @@ def _second_round_faults(mode: str) -> int:
     return int(result.stdout.strip())
 
 
+@pytest.mark.perf
 @pytest.mark.skipif(heap._glibc() is None, reason="glibc malloc only")
 def test_retained_heap_reuses_pages_that_glibc_would_unmap():
     pages = (256 << 20) // 4096

@@ -23,7 +23,10 @@ if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   fi
 fi
 
-"$PYTHON" -m pip install --disable-pip-version-check -q -e ".[test,tpu-aot]"
+# `test` only by default: the tpu-aot extra's libtpu makes every JAX start on a CPU machine
+# probe for TPU workers (E0000 ... TPU_WORKER_HOSTNAMES); .ci/run adds it for its perf step.
+AMT_JAX_EXTRAS=${AMT_JAX_EXTRAS-test}
+"$PYTHON" -m pip install --disable-pip-version-check -q -e ".[${AMT_JAX_EXTRAS}]"
 
 # Basic Pitch's published NMP weights (default transcription model), imported once.
 "$PYTHON" -c "from amt_jax.models.nmp_weights import default_weights_path as p; raise SystemExit(not p().exists())" \

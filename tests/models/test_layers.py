@@ -189,6 +189,7 @@ def test_attention_einsums_match_jnp_einsum_and_its_gradients(fn, spec, lhs_shap
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.perf
 @pytest.mark.cpu_only
 def test_tiny_mt3_train_step_runs_every_gemm_on_the_fast_cpu_path():
     """No dot of the compiled train step is left for XLA:CPU's slow Eigen fallback.

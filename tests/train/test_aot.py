@@ -22,10 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import aot_compile  # noqa: E402
 
-needs_libtpu = pytest.mark.skipif(
-    not aot.libtpu_available(),
-    reason="libtpu not installed (pip install -e .[tpu-aot]); TPU topologies cannot be described",
-)
+# tests/conftest.py skips `tpu` tests, with the install command, where libtpu is absent
+needs_libtpu = pytest.mark.tpu
 
 
 @pytest.fixture(autouse=True)
