@@ -1,13 +1,17 @@
-"""Transcription metrics on NoteSequences, computed with mir_eval only.
+"""Transcription metrics on NoteSequences: mir_eval for notes, roll-cell counts for frames.
 
 The conventions follow MT3's evaluation (and mir_eval's defaults, which O&F, Kong and
 hFT also use):
 
 - note metrics (onset, onset+offset, +velocity) on the **drumless** sequence, with
   mir_eval's default tolerances (50 ms onsets, offsets max(50 ms, 0.2 x duration));
-- frame metrics on 62.5 fps piano rolls of the decoded notes: notes shorter than 50 ms are
-  extended to 50 ms, the reference roll keeps cells with velocity > 30, the estimate any
-  cell; precision/recall come from ``mir_eval.multipitch`` on that common grid;
+- frame metrics on piano rolls of the decoded notes, counted by a named convention
+  (``FRAME_CONVENTIONS``, keyword ``frame_convention``; papers' frame F1s differ here):
+  ``"mt3"`` (the default) uses 62.5 fps, notes shorter than 50 ms extended to 50 ms and
+  reference cells kept only where velocity > 30, so even a perfect copy of a reference
+  with quiet notes scores below 1; ``"onsets_frames"`` uses magenta's 31.25 fps label
+  rule over the 88 piano keys without any threshold; ``"basic_pitch"`` a plain 10 ms
+  grid (nearest frames). Precision/recall count (frame, pitch) cells on the common grid;
 - multi-instrument F1 at ``flat`` / ``midi_class`` / ``full`` program granularity: one
   mir_eval matching per (program, is_drum) track, onset+offset for pitched tracks and
   onset-only for drums, then precision pooled over estimated notes and recall over
@@ -31,30 +35,57 @@ FRAMES_PER_SECOND = 62.5
 MIN_NOTE_SECONDS = 0.05
 REFERENCE_VELOCITY_THRESHOLD = 30
 PROGRAM_GRANULARITIES = ("flat", "midi_class", "full")
+FRAME_RULES = ("pretty_midi", "magenta", "nearest")
 
 
 @dataclasses.dataclass(frozen=True)
 class FrameConvention:
-    """How frame F1 is counted: the roll's frame rate, the shortest note drawn, and the
-    summed velocity a reference cell needs to count as on."""
+    """How one system turns notes into (frame, pitch) cells for frame P/R/F1.
+
+    ``frame_rule`` maps a note [s, e) to frames: ``"pretty_midi"`` [int(s*fps), int(e*fps));
+    ``"magenta"`` [floor(s*fps), max(ceil(e*fps), floor(s*fps) + 1)) (note_seq's
+    sequence_to_pianoroll); ``"nearest"`` round(s*fps) through round(e*fps) (mirdata's
+    NoteData.to_multif0). A reference cell is on when the summed velocity of its notes
+    exceeds ``reference_velocity_threshold`` (None: when any note covers it), an estimate
+    cell likewise with ``estimate_velocity_threshold``.
+    """
 
     frames_per_second: float
-    min_note_seconds: float
-    reference_velocity_threshold: float
+    frame_rule: str = "pretty_midi"
+    min_note_seconds: float = 0.0  # shorter notes are extended to this length first
+    reference_velocity_threshold: float | None = None
+    estimate_velocity_threshold: float | None = None
+    pitch_range: tuple[int, int] = (0, 127)  # inclusive; notes outside are not drawn
+    source: str = ""
 
 
-#: each family is reported under the convention of its paper
-FRAME_CONVENTIONS = {
-    # MT3: 62.5 fps, notes extended to 50 ms, reference cells with velocity > 30
-    "mt3": FrameConvention(FRAMES_PER_SECOND, MIN_NOTE_SECONDS, REFERENCE_VELOCITY_THRESHOLD),
-    # magenta's O&F frame metric: the model's 31.25 fps grid, every reference note
-    "onsets_frames": FrameConvention(16000 / 512, 0.0, 0),
-    # Basic Pitch: its 86.13 fps grid (22050 / 256), every reference note
-    "basic_pitch": FrameConvention(22050 / 256, 0.0, 0),
+FRAME_CONVENTIONS: dict[str, FrameConvention] = {
+    "mt3": FrameConvention(
+        FRAMES_PER_SECOND,
+        frame_rule="pretty_midi",
+        min_note_seconds=MIN_NOTE_SECONDS,
+        reference_velocity_threshold=REFERENCE_VELOCITY_THRESHOLD,
+        estimate_velocity_threshold=0,
+        source="MT3 metrics: pretty_midi rolls, notes >= 50 ms, reference velocity > 30",
+    ),
+    "onsets_frames": FrameConvention(
+        16000 / 512,
+        frame_rule="magenta",
+        pitch_range=(21, 108),
+        source="magenta O&F: sequence_to_pianoroll of both sequences, 32 ms frames, 88 keys",
+    ),
+    "basic_pitch": FrameConvention(
+        100.0,
+        frame_rule="nearest",
+        source="Basic Pitch paper: frame scores on a 10 ms grid (mirdata to_multif0 rolls)",
+    ),
 }
 
 
-def get_frame_convention(name: str) -> FrameConvention:
+def get_frame_convention(name: str | FrameConvention) -> FrameConvention:
+    """The named frame convention (a ``FrameConvention`` passes through)."""
+    if isinstance(name, FrameConvention):
+        return name
     try:
         return FRAME_CONVENTIONS[name]
     except KeyError:
@@ -165,32 +196,58 @@ def velocity_scores(
     return precision, recall, f1
 
 
+def _frame_spans(starts, ends, frames_per_second, frame_rule):
+    """[first, stop) frames of each note under ``frame_rule`` (see ``FrameConvention``)."""
+    if frame_rule == "pretty_midi":
+        return (
+            (starts * frames_per_second).astype(np.int64),
+            (ends * frames_per_second).astype(np.int64),
+        )
+    if frame_rule == "magenta":
+        first = np.floor(starts * frames_per_second).astype(np.int64)
+        stop = np.ceil(ends * frames_per_second).astype(np.int64)
+        return first, np.maximum(stop, first + 1)
+    if frame_rule == "nearest":
+        first = np.floor(starts * frames_per_second + 0.5).astype(np.int64)
+        last = np.floor(ends * frames_per_second + 0.5).astype(np.int64)
+        return first, np.maximum(last, first) + 1
+    raise ValueError(f"Unknown frame rule {frame_rule!r}; choose one of {FRAME_RULES}")
+
+
 def piano_roll(
     notes: NoteArrays,
     *,
     frames_per_second: float = FRAMES_PER_SECOND,
     min_note_seconds: float = MIN_NOTE_SECONDS,
-    velocity_threshold: float = 0,
+    velocity_threshold: float | None = 0,
     num_frames: int | None = None,
+    frame_rule: str = "pretty_midi",
+    pitch_range: tuple[int, int] = (0, 127),
 ) -> np.ndarray:
     """Binary [frames, 128] roll: cell (t, p) is on when a note of pitch p covers frame t.
 
-    Frames are ``[int(start * fps), int(end * fps))`` as in pretty_midi's piano roll, after
-    extending notes shorter than ``min_note_seconds``; summed velocities must exceed
-    ``velocity_threshold`` for a cell to be on.
+    Frames follow ``frame_rule`` (default pretty_midi's ``[int(start * fps), int(end * fps))``)
+    after extending notes shorter than ``min_note_seconds``; summed velocities must exceed
+    ``velocity_threshold`` for a cell to be on (None: any covering note turns it on).
+    Pitches outside ``pitch_range`` (inclusive) are left out.
     """
+    keep = (notes.pitches_midi_n >= pitch_range[0]) & (notes.pitches_midi_n <= pitch_range[1])
+    notes = notes.select(keep) if len(notes) else notes
     starts = notes.intervals_n2[:, 0] if len(notes) else np.zeros(0)
     ends = notes.intervals_n2[:, 1] if len(notes) else np.zeros(0)
     ends = np.maximum(ends, starts + min_note_seconds)
-    start_frames = (starts * frames_per_second).astype(np.int64)
-    end_frames = (ends * frames_per_second).astype(np.int64)
+    start_frames, end_frames = _frame_spans(starts, ends, frames_per_second, frame_rule)
     total = int(end_frames.max()) if len(notes) else 0
     total = max(total, num_frames or 0)
     velocity_tp = np.zeros((total, 128), dtype=np.float64)
+    covered_tp = np.zeros((total, 128), dtype=bool)
     for start, end, pitch, velocity in zip(
         start_frames, end_frames, notes.pitches_midi_n, notes.velocities_n
     ):
         velocity_tp[start:end, pitch] += velocity
+        covered_tp[start:end, pitch] = True
+    if velocity_threshold is None:
+        return covered_tp
     return velocity_tp > velocity_threshold
 
 
@@ -198,33 +255,34 @@ def frame_scores(
     reference: NoteArrays,
     estimate: NoteArrays,
     *,
-    frames_per_second: float = FRAMES_PER_SECOND,
-    reference_velocity_threshold: float = REFERENCE_VELOCITY_THRESHOLD,
-    min_note_seconds: float = MIN_NOTE_SECONDS,
+    frame_convention: str | FrameConvention = "mt3",
 ) -> tuple[float, float, float]:
-    """Frame P/R/F1 through ``mir_eval.multipitch`` on a shared grid (MT3's convention by
-    default; see :data:`FRAME_CONVENTIONS`)."""
-    ref_roll = piano_roll(
-        reference,
-        frames_per_second=frames_per_second,
-        velocity_threshold=reference_velocity_threshold,
-        min_note_seconds=min_note_seconds,
-    )
-    est_roll = piano_roll(
-        estimate,
-        frames_per_second=frames_per_second,
-        velocity_threshold=0,
-        min_note_seconds=min_note_seconds,
-    )
+    """Frame P/R/F1 under a named convention (:data:`FRAME_CONVENTIONS`, or a
+    ``FrameConvention``): (frame, pitch) cells counted on a shared grid."""
+    convention = get_frame_convention(frame_convention)
+    fps = convention.frames_per_second
+
+    def roll(notes: NoteArrays, threshold: float | None) -> np.ndarray:
+        return piano_roll(
+            notes,
+            frames_per_second=fps,
+            min_note_seconds=convention.min_note_seconds,
+            velocity_threshold=threshold,
+            frame_rule=convention.frame_rule,
+            pitch_range=convention.pitch_range,
+        )
+
+    ref_roll = roll(reference, convention.reference_velocity_threshold)
+    est_roll = roll(estimate, convention.estimate_velocity_threshold)
     num_frames = max(len(ref_roll), len(est_roll), 1)
     ref_roll = np.pad(ref_roll, ((0, num_frames - len(ref_roll)), (0, 0)))
     est_roll = np.pad(est_roll, ((0, num_frames - len(est_roll)), (0, 0)))
-    times = np.arange(num_frames) / frames_per_second
-    midi_hz = mir_eval.util.midi_to_hz(np.arange(128, dtype=np.float64))
-    ref_freqs = [midi_hz[row] for row in ref_roll]
-    est_freqs = [midi_hz[row] for row in est_roll]
-    scores = _quiet(mir_eval.multipitch.evaluate, times, ref_freqs, times, est_freqs)
-    precision, recall = scores["Precision"], scores["Recall"]
+    # plain cell counts, as MT3's sklearn call: mir_eval.multipitch gives the same numbers
+    # on a shared grid but rejects frequencies above 5 kHz (MIDI > 111)
+    true_positives = int(np.count_nonzero(ref_roll & est_roll))
+    num_est, num_ref = int(np.count_nonzero(est_roll)), int(np.count_nonzero(ref_roll))
+    precision = true_positives / num_est if num_est else 0.0
+    recall = true_positives / num_ref if num_ref else 0.0
     f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     return precision, recall, f1
 
@@ -298,7 +356,7 @@ def track_metrics(
     velocity); ``program_granularities`` adds multi-instrument F1 (for MT3);
     ``frame_convention`` names how frame F1 is counted (:data:`FRAME_CONVENTIONS`).
     """
-    convention = get_frame_convention(frame_convention)
+    convention = get_frame_convention(frame_convention)  # unknown names fail before scoring
     ref_all, est_all = note_arrays(reference), note_arrays(estimate)
     ref, est = ref_all.select(~ref_all.is_drum_n), est_all.select(~est_all.is_drum_n)
     metrics: dict[str, float] = {}
@@ -309,14 +367,7 @@ def track_metrics(
         metrics.update(
             _prf(*velocity_scores(ref, est, with_offsets=True), "Onset + offset + velocity")
         )
-    frame = frame_scores(
-        ref,
-        est,
-        frames_per_second=convention.frames_per_second,
-        reference_velocity_threshold=convention.reference_velocity_threshold,
-        min_note_seconds=convention.min_note_seconds,
-    )
-    metrics.update(_prf(*frame, "Frame"))
+    metrics.update(_prf(*frame_scores(ref, est, frame_convention=convention), "Frame"))
     for granularity in program_granularities:
         metrics.update(program_aware_scores(ref_all, est_all, granularity))
     metrics["Zero-length reference notes"] = float(ref_all.zero_length)
