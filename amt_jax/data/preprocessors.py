@@ -3,24 +3,34 @@
 Inputs stay raw audio (the jitted model computes log-mel / CQT on device); this module
 cuts audio windows and builds the matching targets:
 - MT3: token ids (tie section first, EOS last) from `amt_jax.vocab.note_events`.
-- Onsets & Frames: onset / offset / frame / velocity rolls, 88 pitches, 31.25 fps.
+- Onsets & Frames: onset / offset / frame / velocity rolls, 88 pitches, 31.25 fps, with
+  magenta's labels (32 ms onsets and offsets, velocity / the track's max velocity).
 - NMP: contour (264 bins, 3 per semitone, bin 3k = MIDI 21+k), note and onset (88 pitches)
-  at 22050/256 fps over 43844-sample windows (172 frames).
+  at 22050/256 fps over 43844-sample windows (172 frames), labelled at the nearest
+  (centred) frame as Basic Pitch does.
+
+MT3 targets longer than ``target_length`` are cut to ``target_length - 1`` event tokens
+plus EOS (seqio's ``append_eos_after_trim`` order) and counted in ``TRIM_COUNTS``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 
 import note_seq
 import numpy as np
 
 from amt_jax.music import rolls
 from amt_jax.vocab import note_events
-from amt_jax.vocab.layouts import PAD_ID, VocabularyConfig
+from amt_jax.vocab.layouts import EOS_ID, PAD_ID, VocabularyConfig
 
 MIN_PITCH, MAX_PITCH = 21, 108
 NUM_PITCHES = MAX_PITCH - MIN_PITCH + 1
+TRIM_WARNING_EVERY = 100  # log one warning per this many trimmed MT3 targets
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,21 +44,71 @@ class FamilySpec:
     num_frames: int = 0
     target_length: int = 0  # MT3 only
     vocab_layout: str = "mt3"  # MT3 only
-    onset_frames: int = 1  # O&F onset label length in frames
+    label_rule: str = "magenta"  # rolls only: `rolls.LABEL_RULES`
+    onset_length_ms: float = 32.0  # O&F onset label length ("magenta" rule)
+    offset_length_ms: float = 32.0  # O&F offset label length ("magenta" rule)
 
 
 MT3 = FamilySpec("mt3", 16000, 32768, target_length=1024)
 ONSETS_FRAMES = FamilySpec("onsets_frames", 16000, 16000 * 5 // 512 * 512, 31.25, 156)
-NMP = FamilySpec("nmp", 22050, 43844, 22050 / 256, 172)
+NMP = FamilySpec(
+    "nmp",
+    22050,
+    43844,
+    22050 / 256,
+    172,
+    label_rule="nearest",
+    onset_length_ms=0.0,
+    offset_length_ms=0.0,
+)
 FAMILIES = {spec.name: spec for spec in (MT3, ONSETS_FRAMES, NMP)}
 
 
-def onsets_frames_spec(seconds: float, onset_frames: int = 1) -> FamilySpec:
+def onsets_frames_spec(
+    seconds: float, onset_length_ms: float = 32.0, offset_length_ms: float = 32.0
+) -> FamilySpec:
     """O&F windows of about `seconds` (a whole number of 512-sample hops)."""
     hops = max(1, int(round(seconds * 16000 / 512)))
     return dataclasses.replace(
-        ONSETS_FRAMES, window_samples=hops * 512, num_frames=hops, onset_frames=onset_frames
+        ONSETS_FRAMES,
+        window_samples=hops * 512,
+        num_frames=hops,
+        onset_length_ms=onset_length_ms,
+        offset_length_ms=offset_length_ms,
     )
+
+
+@dataclasses.dataclass
+class TrimCounter:
+    """MT3 targets cut to fit the target length, in this process (thread-safe)."""
+
+    built: int = 0  # MT3 targets built
+    trimmed: int = 0  # of those, cut to target_length
+    tokens_dropped: int = 0
+    last_trimmed_id: str = ""
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def record(self, example_id: str, num_tokens: int, target_length: int) -> int:
+        """Count one target of `num_tokens` (EOS included); returns the trims so far."""
+        with self._lock:
+            self.built += 1
+            if num_tokens <= target_length:
+                return self.trimmed
+            self.trimmed += 1
+            self.tokens_dropped += num_tokens - target_length
+            self.last_trimmed_id = example_id
+            return self.trimmed
+
+    def reset(self) -> None:
+        with self._lock:
+            self.built = self.trimmed = self.tokens_dropped = 0
+            self.last_trimmed_id = ""
+
+    def as_dict(self) -> dict[str, int]:
+        return {"built": self.built, "trimmed": self.trimmed, "tokens_dropped": self.tokens_dropped}
+
+
+TRIM_COUNTS = TrimCounter()
 
 
 def crop_audio(audio: np.ndarray, start: int, length: int) -> np.ndarray:
@@ -72,42 +132,41 @@ def segment_starts(num_samples: int, window: int) -> list[int]:
     return list(range(0, max(num_samples, 1), window))
 
 
-def _slice_sequence(ns: note_seq.NoteSequence, start: float, end: float):
-    """Notes overlapping [start, end), shifted to window time and clipped to it."""
-    out = note_seq.NoteSequence()
-    for note in ns.notes:
-        if note.end_time <= start or note.start_time >= end:
-            continue
-        n = out.notes.add()
-        n.CopyFrom(note)
-        n.start_time = max(note.start_time - start, 0.0)
-        n.end_time = min(note.end_time, end) - start
-    return out
-
-
-def onset_in_window(ns: note_seq.NoteSequence, start: float, end: float):
-    """Notes that *start* inside the window (for onset rolls: a note begun before the
-    window must not get an onset at frame 0)."""
-    return [n for n in ns.notes if start <= n.start_time < end]
-
-
 def mt3_targets(
-    ns: note_seq.NoteSequence, start_seconds: float, spec: FamilySpec, example_id: str = "?"
+    ns: note_seq.NoteSequence,
+    start_seconds: float,
+    spec: FamilySpec,
+    example_id: str = "?",
+    counter: TrimCounter | None = None,
 ) -> np.ndarray:
     """int32 [target_length]: tie section + events + EOS, zero-padded.
 
     `ns` must already have sustain applied (`tasks.load_tracks` does it once per track).
+    Too many tokens: the first `target_length - 1` are kept and EOS appended (seqio's
+    `append_eos_after_trim`; MT3's own `handle_too_long` would stop the pipeline), and
+    the trim is counted in `counter` (default `TRIM_COUNTS`) and logged every
+    `TRIM_WARNING_EVERY` trims.
     """
+    counter = TRIM_COUNTS if counter is None else counter
     config = VocabularyConfig.named(spec.vocab_layout)
     segment_seconds = spec.window_samples / spec.sample_rate
     (ids,) = note_events.encode_note_sequence(
         ns, config, segment_seconds, start_times=[start_seconds], apply_sustain_pedal=False
     )
+    trims = counter.record(example_id, len(ids), spec.target_length)
     if len(ids) > spec.target_length:
-        raise ValueError(
-            f"{example_id}: {len(ids)} target tokens at {start_seconds:.3f} s exceed the "
-            f"target length {spec.target_length}"
-        )
+        if (trims - 1) % TRIM_WARNING_EVERY == 0:  # the 1st, N+1st, ... trim
+            log.warning(
+                "%s: %d target tokens at %.3f s cut to the target length %d "
+                "(%d of %d MT3 targets trimmed so far)",
+                example_id,
+                len(ids),
+                start_seconds,
+                spec.target_length,
+                trims,
+                counter.built,
+            )
+        ids = np.concatenate([ids[: spec.target_length - 1], [EOS_ID]])
     out = np.full(spec.target_length, PAD_ID, np.int32)
     out[: len(ids)] = ids
     return out
@@ -116,39 +175,33 @@ def mt3_targets(
 def roll_targets(
     ns: note_seq.NoteSequence, start_seconds: float, spec: FamilySpec
 ) -> dict[str, np.ndarray]:
-    """Frame rolls of the window starting at `start_seconds` (drums are not drawn)."""
-    end = start_seconds + spec.window_samples / spec.sample_rate
-    window = _slice_sequence(ns, start_seconds, end)
+    """Frame rolls of the window starting at `start_seconds` (drums are not drawn).
+
+    `ns` is the whole track: O&F velocities are scaled by its loudest note (magenta takes
+    the maximum before cutting the file into chunks), and labels of notes crossing the
+    window edges are those of the whole track on the window's frame grid.
+    """
     roll = rolls.notes_to_roll(
-        window,
+        ns,
         spec.frames_per_second,
         num_frames=spec.num_frames,
+        start_seconds=start_seconds,
         min_pitch=MIN_PITCH,
         max_pitch=MAX_PITCH,
-        onset_frames=spec.onset_frames,
+        rule=spec.label_rule,
+        onset_length_ms=spec.onset_length_ms,
+        offset_length_ms=spec.offset_length_ms,
+        max_velocity=None if spec.name != "nmp" else 127.0,  # None: the track maximum
     )
-    # The roll marks an onset at frame 0 for notes clipped at the window start; rebuild
-    # onsets and velocities from the notes that really begin inside the window.
-    onsets = np.zeros_like(roll.onsets_tp)
-    velocities = np.zeros_like(roll.velocities_tp)
-    for note in onset_in_window(ns, start_seconds, end):
-        p = note.pitch - MIN_PITCH
-        f = int(np.floor((note.start_time - start_seconds) * spec.frames_per_second + 1e-9))
-        if note.is_drum or not 0 <= p < NUM_PITCHES or f >= spec.num_frames:
-            continue
-        onsets[f : f + spec.onset_frames, p] = 1.0
-        velocities[f : f + spec.onset_frames, p] = np.maximum(
-            velocities[f : f + spec.onset_frames, p], note.velocity / 127
-        )
     if spec.name == "nmp":
         contour = np.zeros((spec.num_frames, 3 * NUM_PITCHES), np.float32)
         contour[:, 0::3] = roll.frames_tp
-        return {"contour_btf": contour, "note_btp": roll.frames_tp, "onset_btp": onsets}
+        return {"contour_btf": contour, "note_btp": roll.frames_tp, "onset_btp": roll.onsets_tp}
     return {
-        "onset_btp": onsets,
+        "onset_btp": roll.onsets_tp,
         "offset_btp": roll.offsets_tp,
         "frame_btp": roll.frames_tp,
-        "velocity_btp": velocities,
+        "velocity_btp": roll.velocities_tp,
     }
 
 

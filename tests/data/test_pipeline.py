@@ -122,26 +122,30 @@ def test_mt3_targets_decode_to_the_window_notes(task_names):
         assert rest_got == rest_exp and abs(t_got - t_exp) <= 0.011
 
 
-def test_rolls_mark_only_onsets_inside_the_window(task_names):
+def test_nmp_rolls_mark_onsets_at_the_nearest_frame_of_the_window(task_names):
     spec = tasks.get_task("synthetic_tiny_nmp_validation")
     track = tasks.load_tracks(spec)[0]
     family = spec.family
     start_sample = 30000
     example = preprocessors.make_example(track.audio, track.sequence, start_sample, family)
     t0 = start_sample / family.sample_rate
-    t1 = t0 + family.window_samples / family.sample_rate
+
+    def nearest(t):  # window frame k is centred on t0 + k * 256 / 22050
+        return int(np.floor((t - t0) * family.frames_per_second + 0.5))
+
     onsets = np.zeros((family.num_frames, 88))
+    sounding = set()
     for n in track.sequence.notes:
-        if not n.is_drum and t0 <= n.start_time < t1 and 21 <= n.pitch <= 108:
-            onsets[int((n.start_time - t0) * family.frames_per_second), n.pitch - 21] = 1
+        if n.is_drum or not 21 <= n.pitch <= 108:
+            continue
+        if 0 <= nearest(n.start_time) < family.num_frames:
+            onsets[nearest(n.start_time), n.pitch - 21] = 1
+        if nearest(n.start_time) < family.num_frames and nearest(n.end_time) >= 0:
+            sounding.add(n.pitch)
+    assert onsets.sum() > 0
     np.testing.assert_array_equal(example["onset_btp"], onsets)
     np.testing.assert_array_equal(example["contour_btf"][:, 0::3], example["note_btp"])
     assert example["contour_btf"][:, 1::3].sum() == 0
-    sounding = {
-        n.pitch
-        for n in track.sequence.notes
-        if not n.is_drum and n.start_time < t1 and n.end_time > t0
-    }
     assert set(np.flatnonzero(example["note_btp"].any(0)) + 21) == sounding
 
 
