@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from amt_jax.models import base, families
+from amt_jax.models import families
 
 RECORD_FILE = "model.json"
 PARAMS_FILE = "params.npz"
@@ -186,6 +186,19 @@ def abstract_model(family: str, config: Any) -> nnx.Module:
     return model
 
 
+def _fresh_rng_state(template: nnx.State) -> nnx.State:
+    """Concrete dropout keys / counters for an abstract model (unused in eval mode, and not
+    worth restoring: typed PRNG keys have no host dtype)."""
+
+    def fresh(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            count = int(np.prod(leaf.shape))
+            return jax.random.split(jax.random.key(0), count).reshape(leaf.shape)
+        return jax.numpy.zeros(leaf.shape, leaf.dtype)
+
+    return jax.tree.map(fresh, template)
+
+
 def _host_target(template: nnx.State) -> dict[str, Any]:
     return jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), nnx.to_pure_dict(template))
 
@@ -253,7 +266,9 @@ def restore_model(path: str | os.PathLike, *, step: int | None = None) -> tuple[
     directory = model_directory(path)
     family, config = read_record(directory)
     abstract = abstract_model(family, config)
-    graphdef, params_template, rest_template = base.split_model(abstract)
+    graphdef, params_template, rng_template, rest_template = nnx.split(
+        abstract, nnx.Param, nnx.RngState, ...
+    )
     target = {"params": _host_target(params_template), "model_state": _host_target(rest_template)}
     params_path = os.path.join(directory, PARAMS_FILE)
     if os.path.isfile(params_path):
@@ -262,7 +277,10 @@ def restore_model(path: str | os.PathLike, *, step: int | None = None) -> tuple[
         restored = {part: _unflatten_into(target[part], flat, part) for part in target}
         step = int(flat.get("step", -1))
     else:
-        step, restored = _restore_orbax(directory, target, step)
+        # orbax cannot restore into an empty subtree (e.g. MT3 keeps no model state)
+        present = {part: tree for part, tree in target.items() if jax.tree.leaves(tree)}
+        step, restored = _restore_orbax(directory, present, step)
+        restored = {part: restored.get(part, target[part]) for part in target}
     mismatched = [
         f"{jax.tree_util.keystr(p)}: saved {np.shape(saved)}, model {np.shape(wanted)}"
         for part in target
@@ -276,9 +294,11 @@ def restore_model(path: str | os.PathLike, *, step: int | None = None) -> tuple[
             f"'{directory}' step {step} does not fit the {family} model in {RECORD_FILE}: "
             f"{'; '.join(mismatched[:3])}"
         )
-    model = base.merge_model(
-        graphdef, params_template, rest_template, restored["params"], restored["model_state"]
-    )
+    params_state = jax.tree.map(lambda x: x, params_template)
+    nnx.replace_by_pure_dict(params_state, restored["params"])
+    rest_state = jax.tree.map(lambda x: x, rest_template)
+    nnx.replace_by_pure_dict(rest_state, restored["model_state"])
+    model = nnx.merge(graphdef, params_state, _fresh_rng_state(rng_template), rest_state)
     model.eval()
     return model, step
 
@@ -288,7 +308,7 @@ def export_params(
 ) -> str:
     """Write ``outdir/{model.json, params.npz}``: a workdir's model without the optimizer."""
     model, step = restore_model(workdir, step=step)
-    _, params, rest = base.split_model(model)
+    _, params, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     flat = _flatten({"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(rest)})
     flat["step"] = np.asarray(step)
     os.makedirs(os.fspath(outdir), exist_ok=True)
