@@ -110,7 +110,8 @@ def _train(tmp_path, config, spec, *, steps, batch_size, learning_rate, jitter, 
         batch_size=batch_size,
         eval_tracks=lambda: [evaluation.EvalTrack("piece", audio_s, rendered)],
         eval_batch_size=8,
-        mesh_data=-1,
+        mesh_data=1,
+        num_devices=1,
         checkpoint_every=steps,
         log_every=steps,
         async_checkpoints=False,
@@ -134,7 +135,7 @@ def _cli_f1(workdir, wav, reference, tmp_path, model: str) -> float:
 def test_nmp_trains_and_transcribes_through_the_cli(tmp_path):
     config = dataclasses.replace(nmp.NMP_TINY, label_smoothing=0.0)
     workdir, wav, reference, result = _train(
-        tmp_path, config, preprocessors.NMP, steps=150, batch_size=8, learning_rate=1e-2, jitter=0
+        tmp_path, config, preprocessors.NMP, steps=400, batch_size=8, learning_rate=1e-2, jitter=0
     )
     assert checkpoints.read_record(workdir) == ("nmp", config)
     f1 = _cli_f1(workdir, wav, reference, tmp_path, "nmp")
@@ -146,8 +147,8 @@ def test_onsets_frames_trains_and_transcribes_through_the_cli(tmp_path):
         onsets_frames.ONSETS_FRAMES_TINY,
         conv_dropout=(0.0, 0.0, 0.0),
         fc_dropout=0.0,
-        chunk_frames=64,
-        context_frames=16,
+        chunk_frames=32,
+        context_frames=8,
     )
     model = onsets_frames.OnsetsFrames(config, rngs=__import__("flax").nnx.Rngs(0))
     window = model.segment(np.zeros(16000)).length
@@ -155,7 +156,7 @@ def test_onsets_frames_trains_and_transcribes_through_the_cli(tmp_path):
         preprocessors.ONSETS_FRAMES, window_samples=window, num_frames=window // 512
     )
     workdir, wav, reference, result = _train(
-        tmp_path, config, spec, steps=200, batch_size=8, learning_rate=1e-2, jitter=0
+        tmp_path, config, spec, steps=400, batch_size=8, learning_rate=1e-2, jitter=0
     )
     f1 = _cli_f1(workdir, wav, reference, tmp_path, "onsets_frames")
     assert f1 >= 0.9, (f1, result.eval_metrics)
