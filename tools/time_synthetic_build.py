@@ -1,8 +1,8 @@
-"""Time a fraction of the `default` synthetic build and extrapolate to the whole build.
+"""Time a fraction of a synthetic build and extrapolate to the whole build.
 
-Usage: python tools/time_synthetic_build.py [--per_source 12] [--num_workers 2]
+Usage: python tools/time_synthetic_build.py [--config default] [--per_source 12] [--num_workers 2]
 
-Renders the first N pieces of each source of the default config (FluidR3) with the
+Renders the first N pieces of each source of the config (FluidR3) with the
 builder's worker pool, then scales each source's seconds-per-piece and render speed to the
 config's piece counts (train/validation/test plus the unseen-soundfont re-render of test).
 music21 conversion of uncached works is included in the measured time.
@@ -16,14 +16,16 @@ import time
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="default", help="tiny, small or default")
     parser.add_argument("--per_source", type=int, default=12)
     parser.add_argument("--num_workers", type=int, default=2)
     args = parser.parse_args()
 
-    from amt_jax.data.builders.synthetic.synthetic_dataset_builder import DEFAULT
+    from amt_jax.data.builders.synthetic import AmtSynthetic
     from amt_jax.data.synth import pieces
 
-    c = DEFAULT
+    configs = {config.name: config for config in AmtSynthetic.BUILDER_CONFIGS}
+    c = configs[args.config]
     all_pieces = pieces.list_pieces(
         c.seed,
         c.n_generated,
@@ -59,7 +61,7 @@ def main():
         f"{args.num_workers} workers: {speed:.0f}x real time"
     )
     print(
-        f"estimated default dataset: {total / 3600:.1f} h of audio "
+        f"estimated {c.name} dataset: {total / 3600:.1f} h of audio "
         f"({total * dict(c.split_fractions)['train'] / 3600:.1f} h train), "
         f"build ≈ {build_minutes:.0f} min"
     )

@@ -53,18 +53,28 @@ def _group_of(composer: str, stem: str) -> str:
 
 
 def list_works(composers: tuple[str, ...]) -> list[Work]:
-    """Score files of the given corpus composers (sorted; single-line works are removed later)."""
+    """Score files of the given corpus composers (sorted; single-line works are removed later).
+
+    A few works ship in two encodings (e.g. bach/bwv281 as .krn and .mxl). They would be
+    one piece twice (a duplicate tfds key, one cache file), so only the encoding listed
+    first in MUSIC21_EXTENSIONS is kept.
+    """
     from music21 import corpus  # noqa: PLC0415
 
     works = []
     for composer in composers:
+        by_name: dict[str, tuple[int, str]] = {}
         for path in sorted(str(p) for p in corpus.getComposer(composer)):
-            if not path.endswith(MUSIC21_EXTENSIONS):
+            extension = next((e for e in MUSIC21_EXTENSIONS if path.endswith(e)), None)
+            if extension is None:
                 continue
-            stem = os.path.basename(path)
-            for ext in MUSIC21_EXTENSIONS:
-                stem = stem.removesuffix(ext)
-            works.append(Work(composer, path, f"{composer}/{stem}", _group_of(composer, stem)))
+            name = f"{composer}/{os.path.basename(path).removesuffix(extension)}"
+            rank = MUSIC21_EXTENSIONS.index(extension)
+            if name not in by_name or rank < by_name[name][0]:
+                by_name[name] = (rank, path)
+        for name in sorted(by_name):
+            stem = name.split("/", 1)[1]
+            works.append(Work(composer, by_name[name][1], name, _group_of(composer, stem)))
     return works
 
 
