@@ -30,6 +30,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8,<10",
+        "pytest-xdist>=3.6,<4",  # `make test` runs on two processes
         "hypothesis>=6.100,<7",
         "ruff>=0.6,<1",
     ],

@@ -8,6 +8,12 @@ and the trainer turns the names into mesh shardings with the rules in force
 
 The numerics follow T5.1.1 as used by MT3: no biases, RMSNorm without mean subtraction,
 no 1/sqrt(d) attention scaling at run time (it is folded into the query initialisation).
+
+What is written here is the plain form (t5x's ``dot_product_attention``, ``lax.dot_general``
+dense layers, ``nnx.Dropout``). The ``kernels`` argument of the layers picks XLA:CPU's
+forms from :mod:`amt_jax.models.cpu_kernels` instead (same values and gradients):
+``"reference"``, ``"cpu"``, or ``"auto"`` = ``"cpu"`` when the step is compiled for CPU
+(:func:`amt_jax.models.platform.target_platform`), resolved while tracing.
 """
 
 from __future__ import annotations
@@ -21,12 +27,27 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from amt_jax.models import cpu_kernels, platform
 from amt_jax.partitioning.axes import LOGICAL_AXES, constrain
 
 #: large negative score for masked attention positions (t5x uses the same magnitude)
 NEG_INF = -1e10
 
+#: values of the layers' ``kernels`` argument (and of ``MT3Config.kernels``)
+KERNELS = ("auto", "reference", "cpu")
+
 Initializer = jax.nn.initializers.Initializer
+
+
+def check_kernels(kernels: str) -> str:
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    return kernels
+
+
+def uses_cpu_kernels(kernels: str) -> bool:
+    """Whether ``kernels`` means XLA:CPU's forms for the step being traced now."""
+    return platform.resolve_auto(kernels, cpu="cpu", other="reference") == "cpu"
 
 
 def logical_param(
@@ -110,11 +131,13 @@ class DenseGeneral(nnx.Module):
         kernel_init: Initializer,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
+        kernels: str = "reference",
         rngs: nnx.Rngs,
     ):
         self.in_features = _as_tuple(in_features)
         self.out_features = _as_tuple(out_features)
         self.dtype = dtype
+        self.kernels = check_kernels(kernels)
         self.kernel = logical_param(
             kernel_init,
             rngs.params(),
@@ -129,121 +152,12 @@ class DenseGeneral(nnx.Module):
             raise ValueError(
                 f"DenseGeneral expects trailing input axes {self.in_features}, got {x.shape}"
             )
+        x = x.astype(self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
-        return contract_trailing(x.astype(self.dtype), kernel, num_in)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def contract_trailing(x: jax.Array, kernel: jax.Array, num_in: int) -> jax.Array:
-    """``x`` [..., *in] . ``kernel`` [*in, *out] -> [..., *out] (one GEMM).
-
-    Same value and gradients as ``lax.dot_general``; the custom backward only puts an
-    optimization barrier on the saved input and the incoming cotangent. Without it XLA:CPU
-    fuses the transpose that the weight-gradient GEMM needs into the producer of one of
-    them (the GELU / dropout backward, or the forward dropout / RMSNorm), which then
-    writes its output in transposed, cache-hostile order: those fusions took ~25% of a
-    T5-small train step. With the barrier the transpose is a separate tiled copy, and the
-    weight gradient transposes the narrower of x and the cotangent (see the backward).
-    """
-    return jax.lax.dot_general(x, kernel, _trailing_dims(x.ndim, num_in))
-
-
-def _trailing_dims(ndim: int, num_in: int):
-    return (tuple(range(ndim - num_in, ndim)), tuple(range(num_in))), ((), ())
-
-
-def _contract_trailing_fwd(x, kernel, num_in):
-    return contract_trailing(x, kernel, num_in), (x, kernel)
-
-
-def _contract_trailing_bwd(num_in, residuals, grad_out):
-    x, kernel = residuals
-    x, grad_out = jax.lax.optimization_barrier((x, grad_out))
-    num_out = kernel.ndim - num_in
-    out_axes = tuple(range(grad_out.ndim - num_out, grad_out.ndim))
-    grad_x = jax.lax.dot_general(
-        grad_out, kernel, ((out_axes, tuple(range(num_in, kernel.ndim))), ((), ()))
-    )
-    lead_axes = tuple(range(x.ndim - num_in))
-    if math.prod(kernel.shape[:num_in]) > math.prod(kernel.shape[num_in:]):
-        # XLA:CPU's GEMMs want the contracted (token) axis last on the left operand, so
-        # one operand gets a transposed copy. Let that be the narrower cotangent, not a
-        # wide input whose producer (e.g. the MLP's GELU * dropout) XLA would otherwise
-        # recompute in transposed order; the [out, in] result is small to transpose.
-        grad_kernel_t = jax.lax.dot_general(grad_out, x, ((lead_axes, lead_axes), ((), ())))
-        # the barrier keeps XLA from folding the transpose into the GEMM by swapping its
-        # operands, which would put the wide input back on the left, contracted on its
-        # leading axis: a layout XLA:CPU's fast GEMM path rejects (it falls back to Eigen)
-        grad_kernel_t = jax.lax.optimization_barrier(grad_kernel_t)
-        in_first = tuple(range(num_out, kernel.ndim)) + tuple(range(num_out))
-        grad_kernel = jnp.transpose(grad_kernel_t, in_first)
-    else:
-        grad_kernel = jax.lax.dot_general(x, grad_out, ((lead_axes, lead_axes), ((), ())))
-    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
-
-
-contract_trailing.defvjp(_contract_trailing_fwd, _contract_trailing_bwd)
-
-
-@jax.custom_vjp
-def attention_scores(query_bqhd: jax.Array, key_bkhd: jax.Array) -> jax.Array:
-    """``einsum("bqhd,bkhd->bhqk")`` whose backward keeps XLA:CPU on its fast GEMM path.
-
-    JAX's generic transpose rule ends the key gradient in a transpose that XLA folds into
-    the GEMM by swapping operands, leaving the [b, h, q, k] cotangent on the left
-    contracted over queries (not its last axis). XLA:CPU's fast GEMM path (YNNPACK)
-    rejects that layout and runs Eigen at about half the rate. The backward below states
-    each gradient with the large operand contracted on its last axis or on the right, and
-    a barrier keeps the final small transpose from being folded back.
-    """
-    return jnp.einsum("bqhd,bkhd->bhqk", query_bqhd, key_bkhd)
-
-
-def _fwd_keeping_operands(fn):
-    """A custom_vjp forward rule for ``fn(a, b)`` that saves both operands for its backward."""
-
-    def fwd(lhs, rhs):
-        return fn(lhs, rhs), (lhs, rhs)
-
-    return fwd
-
-
-def _attention_scores_bwd(residuals, grad_bhqk):
-    query_bqhd, key_bkhd = residuals
-    grad_query_bhqd = jnp.einsum("bhqk,bkhd->bhqd", grad_bhqk, key_bkhd)
-    grad_key_bhdk = jnp.einsum("bqhd,bhqk->bhdk", query_bqhd, grad_bhqk)
-    grad_query_bhqd, grad_key_bhdk = jax.lax.optimization_barrier((grad_query_bhqd, grad_key_bhdk))
-    return (
-        jnp.transpose(grad_query_bhqd, (0, 2, 1, 3)).astype(query_bqhd.dtype),
-        jnp.transpose(grad_key_bhdk, (0, 3, 1, 2)).astype(key_bkhd.dtype),
-    )
-
-
-attention_scores.defvjp(_fwd_keeping_operands(attention_scores), _attention_scores_bwd)
-
-
-@jax.custom_vjp
-def attention_context(probs_bhqk: jax.Array, value_bkhd: jax.Array) -> jax.Array:
-    """``einsum("bhqk,bkhd->bqhd")`` with the value gradient kept on the fast GEMM path.
-
-    Same reason as :func:`attention_scores`: the value gradient contracts the
-    probabilities over queries, so it is computed as [b, h, d, k] with them on the right.
-    """
-    return jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk, value_bkhd)
-
-
-def _attention_context_bwd(residuals, grad_bqhd):
-    probs_bhqk, value_bkhd = residuals
-    grad_probs_bhqk = jnp.einsum("bqhd,bkhd->bhqk", grad_bqhd, value_bkhd)
-    grad_value_bhdk = jnp.einsum("bqhd,bhqk->bhdk", grad_bqhd, probs_bhqk)
-    grad_value_bhdk = jax.lax.optimization_barrier(grad_value_bhdk)
-    return (
-        grad_probs_bhqk.astype(probs_bhqk.dtype),
-        jnp.transpose(grad_value_bhdk, (0, 3, 1, 2)).astype(value_bkhd.dtype),
-    )
-
-
-attention_context.defvjp(_fwd_keeping_operands(attention_context), _attention_context_bwd)
+        if uses_cpu_kernels(self.kernels):
+            return cpu_kernels.contract_trailing(x, kernel, num_in)
+        contracted = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
+        return jax.lax.dot_general(x, kernel, (contracted, ((), ())))
 
 
 def _as_tuple(features: int | Sequence[int]) -> tuple[int, ...]:
@@ -294,14 +208,20 @@ class Embed(nnx.Module):
 
 
 class Dropout(nnx.Dropout):
-    """``nnx.Dropout`` with a mask drawn from 16 random bits per element instead of 32.
+    """``nnx.Dropout``; with CPU kernels the mask comes from 16-bit draws
+    (:func:`amt_jax.models.cpu_kernels.dropout`). Either form takes one key per call from
+    the layer's RNG stream; state and call signature are ``nnx.Dropout``'s."""
 
-    The random bits dominate dropout's cost on CPU (threefry is ~50 ns per 32-bit word
-    here, and MT3 masks ~50M activations per batch-2 step). An element is kept when its
-    16-bit draw is below ``round(keep * 65536)`` and scaled by the inverse of that exact
-    probability, so the layer stays unbiased (keep 0.9 becomes 0.899994). Same state
-    (one RNG stream) and call signature as ``nnx.Dropout``.
-    """
+    def __init__(
+        self,
+        rate: float,
+        *,
+        broadcast_dims: Sequence[int] = (),
+        kernels: str = "reference",
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+    ):
+        super().__init__(rate, broadcast_dims=broadcast_dims, rngs=rngs)
+        self.kernels = check_kernels(kernels)
 
     def __call__(
         self,
@@ -310,73 +230,70 @@ class Dropout(nnx.Dropout):
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> jax.Array:
-        mask_shape = list(inputs.shape)
-        for dim in self.broadcast_dims:
-            mask_shape[dim] = 1
-        keep = self.keep_mask(tuple(mask_shape), deterministic=deterministic, rngs=rngs)
-        if keep is None:
+        if not uses_cpu_kernels(self.kernels):
+            return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
+        key = self.next_key(deterministic=deterministic, rngs=rngs)
+        if key is None:
             return inputs
-        scaled = inputs * jnp.asarray(self.keep_scale, inputs.dtype)
-        return jnp.where(keep, scaled, jnp.zeros_like(inputs))
+        return cpu_kernels.dropout(inputs, key, self.rate, self.broadcast_dims)
 
-    @property
-    def keep_scale(self) -> float:
-        """What kept elements are multiplied by: the inverse of the exact keep probability."""
-        return 65536 / self._threshold
-
-    @property
-    def _threshold(self) -> int:
-        return min(max(round((1.0 - self.rate) * 65536), 1), 65535)
-
-    def keep_mask(
+    def next_key(
         self,
-        shape: tuple[int, ...],
         *,
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> jax.Array | None:
-        """Boolean keep mask of ``shape`` (one draw from the stream), or None if nothing drops.
-
-        For callers that apply the mask somewhere cheaper than the layer's input (attention
-        drops value rows instead of probability columns); ``__call__`` uses it too.
-        """
+        """This call's mask key from the layer's stream, or None when nothing is dropped
+        (deterministic, or rate 0); for callers that draw the mask themselves."""
         deterministic = self.deterministic if deterministic is None else deterministic
         if deterministic is None:
             raise ValueError("Dropout needs deterministic=True/False (argument or attribute)")
         if self.rate == 0.0 or deterministic:
             return None
-        if self.rate == 1.0:
-            return jnp.zeros(shape, bool)
         rngs = self.rngs if rngs is None else rngs
         if isinstance(rngs, nnx.Rngs):
-            key = rngs[self.rng_collection]()
-        elif isinstance(rngs, nnx.RngStream):
-            key = rngs()
-        elif isinstance(rngs, jax.Array):
-            key = rngs
-        else:
-            raise ValueError("Dropout is not deterministic but has no rngs")
-        return _keep_mask16(key, shape, self._threshold)
+            return rngs[self.rng_collection]()
+        if isinstance(rngs, nnx.RngStream):
+            return rngs()
+        if isinstance(rngs, jax.Array):
+            return rngs
+        raise ValueError("Dropout is not deterministic but has no rngs")
 
 
-def _keep_mask16(key: jax.Array, shape: tuple[int, ...], threshold: int) -> jax.Array:
-    """Boolean mask of ``shape``: a 16-bit uniform draw below ``threshold``.
+def dot_product_attention(
+    query_bqhd: jax.Array,
+    key_bkhd: jax.Array,
+    value_bkhd: jax.Array,
+    bias_bhqk: jax.Array | None = None,
+    *,
+    dropout_key: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dtype: jnp.dtype = jnp.float32,
+) -> jax.Array:
+    """T5's attention of projected queries over keys / values -> context [b, q, h, d].
 
-    Each 32-bit random word gives two draws, its high half for the first half of the
-    last axis and its low half for the second. The halves are compared before they are
-    joined, so what XLA materialises between the forward and backward pass is a
-    one-byte mask, not a 32-bit word per element.
+    Unscaled scores plus an additive mask bias, a float32 softmax over keys, and dropout on
+    the probabilities with one mask for every query position (t5x ``broadcast_dropout``).
     """
-    if not shape:
-        return (jax.random.bits(key, (), jnp.uint32) >> 16) < threshold
-    last = shape[-1]
-    words = jax.random.bits(key, shape[:-1] + ((last + 1) // 2,), jnp.uint32)
-    keep = jnp.concatenate([(words >> 16) < threshold, (words & 0xFFFF) < threshold], axis=-1)
-    return keep[..., :last]
+    scores_bhqk = jnp.einsum("bqhd,bkhd->bhqk", query_bqhd, key_bkhd).astype(jnp.float32)
+    if bias_bhqk is not None:
+        scores_bhqk = scores_bhqk + bias_bhqk.astype(scores_bhqk.dtype)
+    probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(dtype)
+    if dropout_key is not None and dropout_rate > 0.0:
+        keep_prob = 1.0 - dropout_rate
+        batch, heads, _, keys = probs_bhqk.shape
+        keep_bh1k = jax.random.bernoulli(dropout_key, keep_prob, (batch, heads, 1, keys))
+        scaled = probs_bhqk / jnp.asarray(keep_prob, probs_bhqk.dtype)
+        probs_bhqk = jnp.where(keep_bh1k, scaled, jnp.zeros_like(probs_bhqk))
+    return jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk, value_bkhd)
 
 
 class GatedGeluMlp(nnx.Module):
-    """T5.1.1 feed-forward: wo(dropout(gelu(wi_0 x) * wi_1 x)), tanh-approximate GELU."""
+    """T5.1.1 feed-forward: wo(dropout(gelu(wi_0 x) * wi_1 x)), tanh-approximate GELU.
+
+    The hidden dropout mask is shared along the sequence axis, as t5x's ``MlpBlock``
+    (``broadcast_dims=(-2,)``).
+    """
 
     def __init__(
         self,
@@ -387,17 +304,23 @@ class GatedGeluMlp(nnx.Module):
         seq_axis: str,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
+        kernels: str = "reference",
         rngs: nnx.Rngs,
     ):
         self.seq_axis = seq_axis
         init = fan_in_init("truncated_normal", 1)
         dense = functools.partial(
-            DenseGeneral, kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            DenseGeneral,
+            kernel_init=init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernels=kernels,
+            rngs=rngs,
         )
         self.wi_0 = dense(features, mlp_dim, axis_names=("embed", "mlp"))
         self.wi_1 = dense(features, mlp_dim, axis_names=("embed", "mlp"))
         self.wo = dense(mlp_dim, features, axis_names=("mlp", "embed"))
-        self.dropout = Dropout(dropout_rate, rngs=rngs)
+        self.dropout = Dropout(dropout_rate, broadcast_dims=(-2,), kernels=kernels, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         hidden = jax.nn.gelu(self.wi_0(x), approximate=True) * self.wi_1(x)
@@ -425,11 +348,13 @@ class MultiHeadAttention(nnx.Module):
         kv_axis: str,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
+        kernels: str = "reference",
         rngs: nnx.Rngs,
     ):
         self.q_axis = q_axis
         self.kv_axis = kv_axis
         self.dtype = dtype
+        self.kernels = check_kernels(kernels)
         base = fan_in_init("normal", 1)
         depth_scaling = math.sqrt(head_dim)
 
@@ -444,6 +369,7 @@ class MultiHeadAttention(nnx.Module):
                 kernel_init=init,
                 dtype=dtype,
                 param_dtype=param_dtype,
+                kernels=kernels,
                 rngs=rngs,
             )
 
@@ -457,11 +383,12 @@ class MultiHeadAttention(nnx.Module):
             kernel_init=fan_in_init("normal", 2),
             dtype=dtype,
             param_dtype=param_dtype,
+            kernels=kernels,
             rngs=rngs,
         )
-        # probabilities are [batch, heads, q, k]: one mask for every query position, which
-        # ``attend`` draws as [batch, heads, 1, k] and applies to the values
-        self.dropout = Dropout(dropout_rate, broadcast_dims=(2,), rngs=rngs)
+        # the RNG stream and rate of the probability dropout, whose [batch, heads, 1, k]
+        # mask (shared by the queries) the attention function draws from this layer's key
+        self.dropout = Dropout(dropout_rate, broadcast_dims=(2,), kernels=kernels, rngs=rngs)
 
     def project_query(self, inputs_q: jax.Array) -> jax.Array:
         return constrain(self.query(inputs_q), ("batch", self.q_axis, "heads", "kv"))
@@ -480,23 +407,23 @@ class MultiHeadAttention(nnx.Module):
         deterministic: bool | None = None,
     ) -> jax.Array:
         """Attention of projected queries over projected keys/values, then the out proj."""
-        scores = attention_scores(query_bqhd, key_bkhd).astype(jnp.float32)
-        if mask_bhqk is not None:
-            # an additive bias, not a select on the scores: its backward is the identity,
-            # where a select would cost one more pass over the [b, h, q, k] gradient
-            scores = scores + jnp.where(mask_bhqk, 0.0, NEG_INF).astype(scores.dtype)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        # Dropout on the probabilities shares its mask over queries (t5x broadcast_dropout),
-        # so it equals dropping value rows: sum_k (p_qk m_k) v_k = sum_k p_qk (m_k v_k).
-        # Masking [b, k, h, d] values instead of [b, h, q, k] probabilities saves a pass over
-        # the largest tensor in both the forward and the backward (~10% of a T5-small step).
-        batch, keys, heads, _ = value_bkhd.shape
-        keep_bh1k = self.dropout.keep_mask((batch, heads, 1, keys), deterministic=deterministic)
-        if keep_bh1k is not None:
-            keep_bkh1 = jnp.transpose(keep_bh1k, (0, 3, 1, 2))
-            scaled = value_bkhd * jnp.asarray(self.dropout.keep_scale, value_bkhd.dtype)
-            value_bkhd = jnp.where(keep_bkh1, scaled, jnp.zeros_like(value_bkhd))
-        context = attention_context(probs, value_bkhd)
+        # the mask as an additive bias, not a select on the scores: its backward is the
+        # identity, where a select would cost one more pass over the [b, h, q, k] gradient
+        bias_bhqk = None if mask_bhqk is None else jnp.where(mask_bhqk, 0.0, NEG_INF)
+        attention = (
+            cpu_kernels.dot_product_attention
+            if uses_cpu_kernels(self.kernels)
+            else dot_product_attention
+        )
+        context = attention(
+            query_bqhd,
+            key_bkhd,
+            value_bkhd,
+            bias_bhqk,
+            dropout_key=self.dropout.next_key(deterministic=deterministic),
+            dropout_rate=self.dropout.rate,
+            dtype=self.dtype,
+        )
         context = constrain(context, ("batch", self.q_axis, "heads", "kv"))
         return self.out(context)
 

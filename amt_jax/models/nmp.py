@@ -17,25 +17,10 @@ pinned, and every kernel is constrained to unit L2 norm per output filter (Keras
 ``UnitNorm(axis=[0, 1, 2])``), re-projected by :func:`project_unit_norm` after each
 optimizer step. BatchNorm uses Keras' epsilon 1e-3 and momentum 0.99.
 
-XLA:CPU runs convolutions with 1-32 channels at a few GFLOP/s, so the heads are computed
-in forms that become large GEMMs (same values up to float32 rounding, pinned by tests
-against :func:`conv_same`):
-
-* contour conv: the harmonic stack is 8 shifted copies of one CQT, so the 3×39×8 conv is a
-  3×176 conv of the CQT itself (:func:`harmonic_conv`, 44 % fewer FLOPs), evaluated as a
-  block-Toeplitz GEMM over blocks of output bins (the edge blocks, where the stack's zero
-  padding differs from the CQT's, get their own exact kernels);
-* contour out (5×5×8 → 1): block-Toeplitz GEMM (:func:`toeplitz_conv`);
-* note out and onset out (one output channel): channel contraction as one GEMM, then a sum
-  of shifted slices (:func:`single_output_conv`);
-* note conv and onset conv (32 outputs, stride 3): XLA's own convolution.
-
-XLA:TPU is the other way round: it compiles those GEMM forms for minutes (a full-size
-v5e:4x4 train step did not finish in 40 min), so ``NMPConfig.conv_impl`` picks the form:
-"gemm" (above), "xla" (XLA's convs on the harmonic stack, except the 1-channel stride-3
-note conv, which XLA:TPU compiles slowly too and is computed as one im2col GEMM,
-:func:`strided_im2col_conv`), or "auto" (default): "gemm" when the step is compiled for
-CPU, "xla" otherwise, read from the current mesh's devices (:func:`target_platform`).
+XLA:CPU runs convolutions with 1-32 channels at a few GFLOP/s and XLA:TPU compiles the
+GEMM forms that fix that for minutes, so each conv is computed in the form
+``NMPConfig.conv_impl`` picks for it ("gemm", "xla", or "auto": by the platform the step is
+compiled for); the forms and the choice live in :mod:`amt_jax.models.nmp_convs`.
 
 ``NMPConfig.dtype = "bfloat16"`` runs every conv and the CQT's matmuls with bfloat16
 operands (float32 accumulation and parameters); sigmoids and losses stay float32.
@@ -56,7 +41,20 @@ from flax import nnx
 
 from amt_jax.audio.cqt import basic_pitch_cqt, normalized_log
 from amt_jax.audio.harmonic import harmonic_shifts, harmonic_stack
+from amt_jax.models import nmp_convs
 from amt_jax.models.base import Batch, Segments, TranscriptionModel
+
+# re-exported (tools/bench_transcribe.py times the conv forms one by one)
+from amt_jax.models.nmp_convs import (  # noqa: F401
+    CONV_IMPLS,
+    conv_same,
+    harmonic_conv,
+    resolve_conv_impl,
+    single_output_conv,
+    strided_im2col_conv,
+    tf_same_padding,
+    toeplitz_conv,
+)
 from amt_jax.notes import basic_pitch as postprocess
 from amt_jax.partitioning.axes import constrain
 
@@ -77,314 +75,6 @@ _CONV_AXES = ("kernel_time", "kernel_freq", "conv_in", "conv_out")
 def _meta(*names: str) -> dict[str, Any]:
     """Logical-axis metadata; no eager sharding so models build anywhere (CPU, eval_shape)."""
     return {"out_sharding": names, "eager_sharding": False}
-
-
-def tf_same_padding(size: int, kernel: int, stride: int = 1) -> tuple[int, int]:
-    """TensorFlow's ``padding='same'`` for one axis: (lo, hi) with lo = total // 2."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-# --- convolutions in forms XLA:CPU runs as large GEMMs -------------------------------------
-
-
-def _operands(x: jax.Array, kernel: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    dtype = jnp.dtype(dtype)
-    return x.astype(dtype), kernel.astype(dtype)
-
-
-def conv_same(
-    x_btfc: jax.Array,
-    kernel_tfio: jax.Array,
-    bias_o: jax.Array | None = None,
-    *,
-    freq_stride: int = 1,
-    dtype: Any = jnp.float32,
-) -> jax.Array:
-    """The reference: a 2-D conv over (time, freq) with TensorFlow's SAME padding, NHWC.
-
-    Operands in ``dtype``, accumulation and result in float32.
-    """
-    kernel_time, kernel_freq = kernel_tfio.shape[:2]
-    padding = (
-        tf_same_padding(1, kernel_time),
-        tf_same_padding(x_btfc.shape[2], kernel_freq, freq_stride),
-    )
-    x_btfc, kernel_tfio = _operands(x_btfc, kernel_tfio, dtype)
-    y = jax.lax.conv_general_dilated(
-        x_btfc,
-        kernel_tfio,
-        (1, freq_stride),
-        padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=jax.lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32,
-    )
-    return y if bias_o is None else y + bias_o.astype(jnp.float32)
-
-
-def _conv_over_time(patches_btnk: jax.Array, weight_tkm: jax.Array) -> jax.Array:
-    """SAME conv along time only: [b, t, blocks, K] * [kt, K, M] -> [b, t, blocks, M] (f32).
-
-    Blocks are moved into the batch, so every time tap is one GEMM with K = (block span x
-    channels) and M = (block bins x outputs) (measured ~1.8x faster here than keeping the
-    blocks as a width-1 spatial axis).
-    """
-    batch, frames, blocks, depth = patches_btnk.shape
-    rows = jnp.moveaxis(patches_btnk, 2, 1).reshape(batch * blocks, frames, depth)
-    y = jax.lax.conv_general_dilated(
-        rows,
-        weight_tkm,
-        (1,),
-        (tf_same_padding(1, weight_tkm.shape[0]),),
-        dimension_numbers=("NWC", "WIO", "NWC"),
-        precision=jax.lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32,
-    )
-    return jnp.moveaxis(y.reshape(batch, blocks, frames, -1), 1, 2)
-
-
-def _block_patches(x_btfc: jax.Array, pad_lo: int, block_stride: int, span: int, blocks: int):
-    """Overlapping frequency windows: [b, t, f, c] -> [b, t, blocks, span * c].
-
-    Block j holds input bins ``j * block_stride - pad_lo ... + span - 1`` (zeros outside).
-    """
-    needed = (blocks - 1) * block_stride + span
-    pad_hi = max(needed - pad_lo - x_btfc.shape[2], 0)
-    padded = jnp.pad(x_btfc, ((0, 0), (0, 0), (pad_lo, pad_hi), (0, 0)))
-    index = np.arange(blocks)[:, None] * block_stride + np.arange(span)[None, :]
-    patches = padded[:, :, index, :]  # [b, t, blocks, span, c]
-    return patches.reshape(*patches.shape[:3], span * x_btfc.shape[3])
-
-
-def _toeplitz(kernel_tfio: jax.Array, freq_stride: int, block: int) -> jax.Array:
-    """[kt, kf, c, o] -> [kt, span * c, block * o]: one block's banded weight matrix.
-
-    Row (s, c), column (g, o) holds ``kernel[:, s - g * stride, c, o]`` (zero off the band).
-    """
-    kernel_time, kernel_freq, channels, outputs = kernel_tfio.shape
-    span = (block - 1) * freq_stride + kernel_freq
-    offset = np.arange(span)[:, None] - freq_stride * np.arange(block)[None, :]
-    inside = (offset >= 0) & (offset < kernel_freq)
-    banded = kernel_tfio[:, np.clip(offset, 0, kernel_freq - 1)]  # [kt, span, block, c, o]
-    banded = jnp.where(inside[None, :, :, None, None], banded, 0)
-    banded = jnp.transpose(banded, (0, 1, 3, 2, 4))
-    return banded.reshape(kernel_time, span * channels, block * outputs)
-
-
-def toeplitz_conv(
-    x_btfc: jax.Array,
-    kernel_tfio: jax.Array,
-    bias_o: jax.Array | None = None,
-    *,
-    freq_stride: int = 1,
-    block: int = 8,
-    dtype: Any = jnp.float32,
-) -> jax.Array:
-    """:func:`conv_same` as GEMMs: output bins in blocks of ``block``, each block one
-    banded (Toeplitz) weight matrix over its input span, applied per time tap.
-
-    Costs ``((block - 1) * stride + kf) / kf`` times the conv's FLOPs, but at GEMM speed;
-    worth it for few channels (the 5×5×8→1 contour output conv runs ~2× faster).
-    """
-    n_bins = x_btfc.shape[2]
-    kernel_freq, outputs = kernel_tfio.shape[1], kernel_tfio.shape[3]
-    pad_lo, _ = tf_same_padding(n_bins, kernel_freq, freq_stride)
-    n_out = -(-n_bins // freq_stride)
-    blocks = -(-n_out // block)
-    span = (block - 1) * freq_stride + kernel_freq
-    x_btfc, kernel_tfio = _operands(x_btfc, kernel_tfio, dtype)
-    patches = _block_patches(x_btfc, pad_lo, block * freq_stride, span, blocks)
-    y = _conv_over_time(patches, _toeplitz(kernel_tfio, freq_stride, block))
-    y = y.reshape(*y.shape[:2], blocks * block, outputs)[:, :, :n_out]
-    return y if bias_o is None else y + bias_o.astype(jnp.float32)
-
-
-def single_output_conv(
-    x_btfc: jax.Array,
-    kernel_tfio: jax.Array,
-    bias_o: jax.Array | None = None,
-    *,
-    dtype: Any = jnp.float32,
-) -> jax.Array:
-    """:func:`conv_same` (stride 1) for few outputs: the channel contraction of every tap is
-    one GEMM ([b t f, c] x [c, taps o]), then the taps' shifted slices are summed (one fused
-    elementwise pass). For the 1-output note / onset convs this is 1.4-4× faster."""
-    batch, frames, n_bins, _ = x_btfc.shape
-    kernel_time, kernel_freq, _, outputs = kernel_tfio.shape
-    pad_time = tf_same_padding(1, kernel_time)
-    pad_freq = tf_same_padding(n_bins, kernel_freq)
-    x_btfc, kernel_tfio = _operands(x_btfc, kernel_tfio, dtype)
-    taps = jnp.einsum(
-        "btfc,kgco->btfkgo",
-        x_btfc,
-        kernel_tfio,
-        precision=jax.lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32,
-    )
-    taps = jnp.pad(taps, ((0, 0), pad_time, pad_freq, (0, 0), (0, 0), (0, 0)))
-    y = sum(
-        taps[:, dt : dt + frames, df : df + n_bins, dt, df]
-        for dt in range(kernel_time)
-        for df in range(kernel_freq)
-    )
-    return y if bias_o is None else y + bias_o.astype(jnp.float32)
-
-
-def strided_im2col_conv(
-    x_btfc: jax.Array,
-    kernel_tfio: jax.Array,
-    bias_o: jax.Array | None = None,
-    *,
-    freq_stride: int,
-    dtype: Any = jnp.float32,
-) -> jax.Array:
-    """:func:`conv_same` with a frequency stride, as shifted slices + one GEMM (im2col).
-
-    The input bins are regrouped in groups of ``freq_stride`` (output bin j reads whole
-    groups j + q), the kernel is zero-padded in frequency to whole groups, and the
-    (time tap, group offset) slices are concatenated along channels and contracted with the
-    kernel in one GEMM. Same values as the strided conv; for the 7×7×1→32 stride-3 note
-    conv XLA:TPU compiles this ~3× faster (forward + gradients) than the strided conv.
-    """
-    batch, frames, n_bins, channels = x_btfc.shape
-    kernel_time, kernel_freq, _, outputs = kernel_tfio.shape
-    n_out = -(-n_bins // freq_stride)
-    pad_lo, _ = tf_same_padding(n_bins, kernel_freq, freq_stride)
-    # output bin j reads input bins j * stride + m - pad_lo, m < kernel_freq
-    first_group = (-pad_lo) // freq_stride  # <= 0
-    last_group = (kernel_freq - 1 - pad_lo) // freq_stride
-    n_groups = last_group - first_group + 1
-    tap_shift = -pad_lo - first_group * freq_stride  # kernel tap m sits at m + tap_shift
-    x_btfc, kernel_tfio = _operands(x_btfc, kernel_tfio, dtype)
-    x_btfc = jnp.pad(x_btfc, ((0, 0), (0, 0), (0, n_out * freq_stride - n_bins), (0, 0)))
-    groups = x_btfc.reshape(batch, frames, n_out, freq_stride * channels)
-    pad_time = tf_same_padding(1, kernel_time)
-    groups = jnp.pad(groups, ((0, 0), pad_time, (-first_group, last_group), (0, 0)))
-    patches = jnp.concatenate(
-        [
-            groups[:, dt : dt + frames, q : q + n_out]
-            for dt in range(kernel_time)
-            for q in range(n_groups)
-        ],
-        axis=-1,
-    )  # [b, t, n_out, (dt, q, r, c)]
-    kernel = jnp.pad(
-        kernel_tfio,
-        ((0, 0), (tap_shift, n_groups * freq_stride - kernel_freq - tap_shift), (0, 0), (0, 0)),
-    ).reshape(kernel_time * n_groups * freq_stride * channels, outputs)
-    y = jnp.einsum(
-        "btnk,ko->btno",
-        patches,
-        kernel,
-        precision=jax.lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32,
-    )
-    return y if bias_o is None else y + bias_o.astype(jnp.float32)
-
-
-def harmonic_conv(
-    x_btf: jax.Array,
-    kernel_tfho: jax.Array,
-    bias_o: jax.Array | None = None,
-    *,
-    shifts: tuple[int, ...],
-    n_out_bins: int,
-    block: int = 24,
-    dtype: Any = jnp.float32,
-) -> jax.Array:
-    """``conv_same(harmonic_stack(x), kernel)`` computed from the un-stacked input ``x``.
-
-    Stack channel h at bin f is ``x[f + shifts[h]]`` (zero outside ``x``), so for every
-    output bin whose kernel window lies inside the stack the conv is one conv of ``x``
-    with the combined kernel ``V[m] = sum_h kernel[m - shifts[h] + min(shifts), h]``
-    (39 + 137 = 176 taps for Basic Pitch instead of 39 × 8 = 312). Bins near the stack's
-    edges, where the stack's SAME padding hides taps the combined kernel would see, get
-    their own kernel built from the valid taps only, so the result is exact everywhere.
-    Evaluated as block-Toeplitz GEMMs over blocks of ``block`` output bins (one shared
-    weight for the interior blocks, one per edge block).
-    """
-    kernel_time, kernel_freq, n_harmonics, outputs = kernel_tfho.shape
-    if len(shifts) != n_harmonics:
-        raise ValueError(f"{len(shifts)} harmonic shifts for a kernel with {n_harmonics} inputs")
-    lowest = min(shifts)
-    taps = kernel_freq + max(shifts) - lowest
-    pad_lo, pad_hi = tf_same_padding(n_out_bins, kernel_freq)
-    blocks = -(-n_out_bins // block)
-    span = block + taps - 1
-    x_btf, kernel_tfho = _operands(x_btf, kernel_tfho, dtype)
-
-    # Which kernel taps each output bin sees inside the stack (bins past the end: all).
-    bins = np.arange(blocks * block)
-    position = bins[:, None] + np.arange(kernel_freq)[None, :] - pad_lo
-    valid_gk = ((position >= 0) & (position < n_out_bins)) | (bins[:, None] >= n_out_bins)
-    interior = valid_gk.reshape(blocks, block, kernel_freq).all(axis=(1, 2))
-
-    def combined(mask_nk: np.ndarray) -> jax.Array:
-        """Per-bin combined kernels [n, kt, taps, o] for tap masks [n, kf]."""
-        total = 0
-        for h, shift in enumerate(shifts):
-            part = kernel_tfho[None, :, :, h, :] * mask_nk[:, None, :, None]
-            left = shift - lowest
-            total = total + jnp.pad(
-                part, ((0, 0), (0, 0), (left, taps - kernel_freq - left), (0, 0))
-            )
-        return total
-
-    offset = np.arange(span)[:, None] - np.arange(block)[None, :]  # [span, block]
-    inside = (offset >= 0) & (offset < taps)
-    rows = np.broadcast_to(np.arange(block)[None, :], offset.shape)
-
-    def banded(kernels_gkto: jax.Array) -> jax.Array:
-        """Per-bin kernels of one block [block, kt, taps, o] -> [kt, span, block * o]."""
-        weight = kernels_gkto[rows, :, np.clip(offset, 0, taps - 1)]  # [span, block, kt, o]
-        weight = jnp.where(inside[:, :, None, None], weight, 0)
-        return jnp.transpose(weight, (2, 0, 1, 3)).reshape(kernel_time, span, block * outputs)
-
-    patches = _block_patches(x_btf[..., None], pad_lo - lowest, block, span, blocks)
-    shared = None
-    pieces = []
-    first = 0
-    while first < blocks:  # runs of interior blocks share one weight; edge blocks have own
-        last = first + 1
-        if interior[first]:
-            while last < blocks and interior[last]:
-                last += 1
-            if shared is None:
-                shared = banded(
-                    jnp.broadcast_to(
-                        combined(np.ones((1, kernel_freq))), (block,) + (kernel_time, taps, outputs)
-                    )
-                )
-            weight = shared
-        else:
-            mask = valid_gk[first * block : last * block].astype(np.float32)
-            weight = banded(combined(mask))
-        pieces.append(_conv_over_time(patches[:, :, first:last], weight.astype(x_btf.dtype)))
-        first = last
-    y = jnp.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0]
-    y = y.reshape(*y.shape[:2], blocks * block, outputs)[:, :, :n_out_bins]
-    return y if bias_o is None else y + bias_o.astype(jnp.float32)
-
-
-CONV_IMPLS = ("auto", "gemm", "xla")
-
-
-def target_platform() -> str:
-    """Platform the code being traced is compiled for: the current mesh's devices (under
-    ``jax.set_mesh``; in ahead-of-time compiles for TPU the host backend is CPU), else
-    ``jax.default_backend()``."""
-    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
-    platform = getattr(device, "platform", None)
-    return platform or jax.default_backend()
-
-
-def resolve_conv_impl(conv_impl: str) -> str:
-    """``"auto"`` → ``"gemm"`` when compiling for CPU, ``"xla"`` otherwise."""
-    if conv_impl != "auto":
-        return conv_impl
-    return "gemm" if target_platform() == "cpu" else "xla"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,16 +138,20 @@ NMP_TINY = NMPConfig(contour_filters=4, note_filters=8, onset_filters=8)
 
 
 class _Conv(nnx.Module):
-    """Conv with TF-SAME explicit padding for a fixed input frequency size, NHWC."""
+    """One conv layer of the heads: TF-SAME padding for a fixed input frequency size, NHWC,
+    computed in the form :func:`amt_jax.models.nmp_convs.conv` picks for ``layer``."""
 
     def __init__(
         self,
+        layer: str,
         in_features: int,
         out_features: int,
         kernel: tuple[int, int],
         *,
         freq_size: int,
         freq_stride: int = 1,
+        block: int = 8,
+        config: NMPConfig,
         rngs: nnx.Rngs,
     ):
         pad_time = tf_same_padding(1, kernel[0])  # stride 1 in time: size-independent
@@ -474,15 +168,28 @@ class _Conv(nnx.Module):
             bias_metadata=_meta("conv_out"),
             rngs=rngs,
         )
+        self.layer = layer
         self.freq_stride = freq_stride
+        self.block = block
+        self.conv_impl = config.conv_impl
+        self.dtype = config.dtype
 
     @property
     def weights(self) -> tuple[jax.Array, jax.Array]:
         """(kernel [kt, kf, in, out], bias [out]) as arrays."""
         return self.conv.kernel[...], self.conv.bias[...]
 
-    def __call__(self, x_bhwc: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-        return conv_same(x_bhwc, *self.weights, freq_stride=self.freq_stride, dtype=dtype)
+    def __call__(self, x: jax.Array | nmp_convs.HarmonicStack) -> jax.Array:
+        """[b, t, f, in] (or a harmonic stack) -> float32 [b, t, f / freq_stride, out]."""
+        return nmp_convs.conv(
+            self.layer,
+            x,
+            *self.weights,
+            conv_impl=self.conv_impl,
+            freq_stride=self.freq_stride,
+            block=self.block,
+            dtype=self.dtype,
+        )
 
 
 def _batch_norm(features: int, config: NMPConfig, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -535,38 +242,64 @@ class NMP(TranscriptionModel):
         self.input_norm = _batch_norm(1, config, rngs)
         n_harmonics = len(config.harmonics)
         self.contour_conv = _Conv(
-            n_harmonics, config.contour_filters, config.contour_kernel, freq_size=bins, rngs=rngs
+            "contour",
+            n_harmonics,
+            config.contour_filters,
+            config.contour_kernel,
+            freq_size=bins,
+            block=config.contour_block,
+            config=config,
+            rngs=rngs,
         )
         self.contour_norm = _batch_norm(config.contour_filters, config, rngs)
         self.contour_out = _Conv(
-            config.contour_filters, 1, config.contour_out_kernel, freq_size=bins, rngs=rngs
+            "contour_out",
+            config.contour_filters,
+            1,
+            config.contour_out_kernel,
+            freq_size=bins,
+            block=config.contour_out_block,
+            config=config,
+            rngs=rngs,
         )
         stride = config.bins_per_semitone
         self.note_conv = _Conv(
+            "note",
             1,
             config.note_filters,
             config.note_kernel,
             freq_size=bins,
             freq_stride=stride,
+            config=config,
             rngs=rngs,
         )
         self.note_out = _Conv(
-            config.note_filters, 1, config.note_out_kernel, freq_size=config.n_pitches, rngs=rngs
+            "note_out",
+            config.note_filters,
+            1,
+            config.note_out_kernel,
+            freq_size=config.n_pitches,
+            config=config,
+            rngs=rngs,
         )
         self.onset_conv = _Conv(
+            "onset",
             n_harmonics,
             config.onset_filters,
             config.onset_kernel,
             freq_size=bins,
             freq_stride=stride,
+            config=config,
             rngs=rngs,
         )
         self.onset_norm = _batch_norm(config.onset_filters, config, rngs)
         self.onset_out = _Conv(
+            "onset_out",
             config.onset_filters + 1,
             1,
             config.onset_out_kernel,
             freq_size=config.n_pitches,
+            config=config,
             rngs=rngs,
         )
 
@@ -603,51 +336,24 @@ class NMP(TranscriptionModel):
         self, normed_btf: jax.Array, *, use_running_average: bool | None = None
     ) -> dict[str, jax.Array]:
         """Normalised CQT [b, t, 309] → float32 logits ``contour`` [b, t, 264], ``note`` /
-        ``onset`` [b, t, 88]. With ``conv_impl`` "gemm" the contour conv reads the CQT
-        directly (:func:`harmonic_conv`); otherwise every conv reads the harmonic stack."""
+        ``onset`` [b, t, 88] (the paper's Fig. 2; each conv in its platform's form)."""
         config = self.config
-        dtype = jnp.dtype(config.dtype)
-        use_gemm = resolve_conv_impl(config.conv_impl) == "gemm"
-        stack_btfh = self._stack(normed_btf)
-        if use_gemm:
-            x = harmonic_conv(
-                normed_btf,
-                *self.contour_conv.weights,
-                shifts=harmonic_shifts(config.harmonics, config.bins_per_semitone),
-                n_out_bins=config.n_contour_bins,
-                block=config.contour_block,
-                dtype=dtype,
-            )
-        else:
-            x = self.contour_conv(stack_btfh, dtype)
-        x = jax.nn.relu(self.contour_norm(x, use_running_average=use_running_average))
-        if use_gemm:
-            contour_logits = toeplitz_conv(
-                x, *self.contour_out.weights, block=config.contour_out_block, dtype=dtype
-            )
-        else:
-            contour_logits = self.contour_out(x, dtype)  # [b, t, 264, 1]
-        contour_probs = jax.nn.sigmoid(contour_logits)
-
-        if use_gemm:
-            x = self.note_conv(contour_probs, dtype)
-        else:
-            x = strided_im2col_conv(
-                contour_probs,
-                *self.note_conv.weights,
-                freq_stride=self.note_conv.freq_stride,
-                dtype=dtype,
-            )
-        x = jax.nn.relu(x)
-        out_conv = single_output_conv if use_gemm else conv_same
-        note_logits = out_conv(x, *self.note_out.weights, dtype=dtype)  # [b, t, 88, 1]
-        note_probs = jax.nn.sigmoid(note_logits)
-
-        x = self.onset_conv(stack_btfh, dtype)
-        x = jax.nn.relu(self.onset_norm(x, use_running_average=use_running_average))
-        onset_logits = out_conv(
-            jnp.concatenate([note_probs, x], axis=-1), *self.onset_out.weights, dtype=dtype
+        stack = nmp_convs.HarmonicStack(
+            self._stack(normed_btf),
+            normed_btf,
+            harmonic_shifts(config.harmonics, config.bins_per_semitone),
         )
+        # Yp: Conv 8 (3×39) → BN → ReLU → Conv 1 (5×5)
+        x = self.contour_conv(stack)
+        x = jax.nn.relu(self.contour_norm(x, use_running_average=use_running_average))
+        contour_logits = self.contour_out(x)  # [b, t, 264, 1]
+        # Yn: sigmoid(Yp) → Conv 32 (7×7, stride 1×3) → ReLU → Conv 1 (7×3)
+        x = jax.nn.relu(self.note_conv(jax.nn.sigmoid(contour_logits)))
+        note_logits = self.note_out(x)  # [b, t, 88, 1]
+        # Yo: stack → Conv 32 (5×5, stride 1×3) → BN → ReLU, [sigmoid(Yn), ·] → Conv 1 (3×3)
+        x = self.onset_conv(stack)
+        x = jax.nn.relu(self.onset_norm(x, use_running_average=use_running_average))
+        onset_logits = self.onset_out(jnp.concatenate([jax.nn.sigmoid(note_logits), x], axis=-1))
         return {
             "contour": contour_logits[..., 0],
             "note": note_logits[..., 0],
@@ -892,7 +598,6 @@ __all__ = [
     "resolve_conv_impl",
     "single_output_conv",
     "strided_im2col_conv",
-    "target_platform",
     "tf_same_padding",
     "toeplitz_conv",
     "unwrap_outputs",

@@ -47,6 +47,9 @@ class MT3Config:
     inputs_length / targets_length: frames per segment and maximum target (decode) length.
     max_position: rows of the fixed sinusoidal position table (shared by both sides).
     loss_normalization: ``"sum"`` (t5x / MT3) or ``"mean"`` over non-padding tokens.
+    kernels: ``"reference"`` (plain T5), ``"cpu"`` (XLA:CPU's forms of the same math,
+      :mod:`amt_jax.models.cpu_kernels`) or ``"auto"``: ``"cpu"`` when the step is compiled
+      for CPU, else ``"reference"`` (:mod:`amt_jax.models.platform`).
     """
 
     vocab_size: int = 1536
@@ -69,6 +72,7 @@ class MT3Config:
     loss_normalization: str = "sum"
     pad_id: int = 0
     eos_id: int = 1
+    kernels: str = "auto"
 
     def __post_init__(self):
         if self.targets_length > self.max_position or self.inputs_length > self.max_position:
@@ -76,6 +80,7 @@ class MT3Config:
                 f"inputs_length {self.inputs_length} / targets_length {self.targets_length} "
                 f"exceed the position table ({self.max_position} rows)"
             )
+        layers.check_kernels(self.kernels)
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16"):
                 raise ValueError(
@@ -117,6 +122,14 @@ def _dtypes(config: MT3Config) -> dict[str, jnp.dtype]:
     return {"dtype": jnp.dtype(config.dtype), "param_dtype": jnp.dtype(config.param_dtype)}
 
 
+def _residual_dropout(config: MT3Config, rngs: nnx.Rngs) -> layers.Dropout:
+    """Dropout with one mask for every position of a sequence, as MT3 / t5x drop residual
+    branches and embeddings (``broadcast_dims=(-2,)`` on [batch, length, embed])."""
+    return layers.Dropout(
+        config.dropout_rate, broadcast_dims=(-2,), kernels=config.kernels, rngs=rngs
+    )
+
+
 def _positions(config: MT3Config, length: int) -> jax.Array:
     table = layers.sinusoidal_positions(config.max_position, config.emb_dim)
     return jnp.asarray(table[:length])
@@ -138,6 +151,7 @@ class EncoderLayer(nnx.Module):
             dropout_rate=config.dropout_rate,
             q_axis="time",
             kv_axis="time",
+            kernels=config.kernels,
             rngs=rngs,
             **dtypes,
         )
@@ -147,10 +161,11 @@ class EncoderLayer(nnx.Module):
             config.mlp_dim,
             dropout_rate=config.dropout_rate,
             seq_axis="time",
+            kernels=config.kernels,
             rngs=rngs,
             **dtypes,
         )
-        self.dropout = layers.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = _residual_dropout(config, rngs)
 
     def __call__(self, x_btd: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         normed = self.pre_attention_layer_norm(x_btd)
@@ -177,6 +192,7 @@ class DecoderLayer(nnx.Module):
             config.num_heads,
             config.head_dim,
             dropout_rate=config.dropout_rate,
+            kernels=config.kernels,
             rngs=rngs,
             **dtypes,
         )
@@ -190,10 +206,11 @@ class DecoderLayer(nnx.Module):
             config.mlp_dim,
             dropout_rate=config.dropout_rate,
             seq_axis="length",
+            kernels=config.kernels,
             rngs=rngs,
             **dtypes,
         )
-        self.dropout = layers.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = _residual_dropout(config, rngs)
 
     def _cross_and_mlp(
         self,
@@ -270,6 +287,7 @@ class Encoder(nnx.Module):
             config.emb_dim,
             axis_names=("mel", "embed"),
             kernel_init=layers.fan_in_init("truncated_normal", 1),  # lecun normal
+            kernels=config.kernels,
             rngs=rngs,
             **dtypes,
         )
@@ -279,7 +297,10 @@ class Encoder(nnx.Module):
         self.encoder_norm = layers.RMSNorm(
             config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **dtypes
         )
-        self.dropout = layers.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = _residual_dropout(config, rngs)
+        # MT3 drops the final encodings element-wise (no shared mask); no RNG stream of
+        # its own: it draws from ``dropout``'s, so the model state is one stream as before
+        self.output_dropout = layers.Dropout(config.dropout_rate, kernels=config.kernels)
 
     def __call__(self, inputs_btf: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         inputs_btf = constrain(inputs_btf, ("batch", "time", "mel"))
@@ -290,7 +311,7 @@ class Encoder(nnx.Module):
         for layer in self.layers:
             x_btd = layer(x_btd, deterministic=deterministic)
         x_btd = self.encoder_norm(x_btd)
-        return self.dropout(x_btd, deterministic=deterministic)
+        return self.output_dropout(x_btd, deterministic=deterministic, rngs=self.dropout.rngs)
 
 
 class Decoder(nnx.Module):
@@ -306,7 +327,7 @@ class Decoder(nnx.Module):
         self.decoder_norm = layers.RMSNorm(
             config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **dtypes
         )
-        self.dropout = layers.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = _residual_dropout(config, rngs)
         # untied output projection, computed in float32 whatever the activation dtype
         self.logits_dense = layers.DenseGeneral(
             config.emb_dim,
@@ -315,6 +336,7 @@ class Decoder(nnx.Module):
             kernel_init=layers.fan_in_init("truncated_normal", 1),
             dtype=jnp.float32,
             param_dtype=dtypes["param_dtype"],
+            kernels=config.kernels,
             rngs=rngs,
         )
 

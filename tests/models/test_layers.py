@@ -1,7 +1,8 @@
-"""Shared layers: positions, RMSNorm, dense init, attention numerics and masks."""
+"""Shared layers: positions, RMSNorm, dense init, attention numerics and masks, dropout.
+
+The XLA:CPU kernels' equivalence with the reference forms: test_cpu_kernels.py."""
 
 import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -52,10 +53,11 @@ def test_attention_init_folds_query_scaling_and_uses_fan_in():
     assert std(attention.out.kernel) == pytest.approx(1 / math.sqrt(384), rel=0.02)
 
 
-def test_attention_is_unscaled_softmax_with_mask():
+@pytest.mark.parametrize("kernels", ["reference", "cpu"])
+def test_attention_is_unscaled_softmax_with_mask(kernels):
     rngs = nnx.Rngs(1)
     attention = layers.MultiHeadAttention(
-        8, 2, 4, dropout_rate=0.0, q_axis="length", kv_axis="time", rngs=rngs
+        8, 2, 4, dropout_rate=0.0, q_axis="length", kv_axis="time", kernels=kernels, rngs=rngs
     )
     x_q = jax.random.normal(jax.random.key(2), (1, 3, 8))
     x_kv = jax.random.normal(jax.random.key(3), (1, 5, 8))
@@ -75,9 +77,17 @@ def test_attention_is_unscaled_softmax_with_mask():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_attention_dropout_is_shared_across_queries():
+@pytest.mark.parametrize("kernels", ["reference", "cpu"])
+def test_attention_dropout_is_shared_across_queries(kernels):
     attention = layers.MultiHeadAttention(
-        4, 1, 4, dropout_rate=0.5, q_axis="length", kv_axis="length", rngs=nnx.Rngs(4)
+        4,
+        1,
+        4,
+        dropout_rate=0.5,
+        q_axis="length",
+        kv_axis="length",
+        kernels=kernels,
+        rngs=nnx.Rngs(4),
     )
     # identity value/out projections expose the (dropped-out) probabilities per key
     attention.value.kernel[...] = jnp.eye(4).reshape(4, 1, 4)
@@ -87,31 +97,6 @@ def test_attention_dropout_is_shared_across_queries():
     dropped = out == 0
     assert dropped.any() and not dropped.all()
     assert (dropped == dropped[0:1]).all()  # same keys dropped for every query
-
-
-def test_attention_dropout_on_values_equals_dropping_probabilities():
-    """attend() masks value rows; the result must equal dropping probability columns."""
-    attention = layers.MultiHeadAttention(
-        8, 2, 4, dropout_rate=0.4, q_axis="length", kv_axis="time", rngs=nnx.Rngs(7)
-    )
-    twin = nnx.clone(attention)  # same RNG state: draws the same mask
-    x_q = jax.random.normal(jax.random.key(2), (2, 3, 8))
-    x_kv = jax.random.normal(jax.random.key(3), (2, 5, 8))
-    got = np.asarray(attention(x_q, x_kv, None, deterministic=False))
-
-    keep_bh1k = np.asarray(twin.dropout.keep_mask((2, 2, 1, 5), deterministic=False))
-    assert keep_bh1k.any() and not keep_bh1k.all()
-    wq, wk, wv, wo = (np.asarray(m.kernel[...]) for m in (
-        attention.query, attention.key, attention.value, attention.out))  # fmt: skip
-    q = np.einsum("bte,ehd->bthd", x_q, wq)
-    k = np.einsum("bte,ehd->bthd", x_kv, wk)
-    v = np.einsum("bte,ehd->bthd", x_kv, wv)
-    scores = np.einsum("bqhd,bkhd->bhqk", q, k)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    probs = np.where(keep_bh1k, probs * twin.dropout.keep_scale, 0.0)
-    expected = np.einsum("bqhd,hde->bqe", np.einsum("bhqk,bkhd->bqhd", probs, v), wo)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_masks():
@@ -139,109 +124,24 @@ def test_params_carry_logical_axes():
         dense(jnp.ones((1, 4)))
 
 
-@pytest.mark.parametrize(
-    ("x_shape", "kernel_shape", "num_in"),
-    [
-        ((2, 5, 6), (6, 3), 1),  # wide input: weight gradient via the transposed product
-        ((2, 5, 3), (3, 6), 1),  # narrow input: plain x^T g
-        ((4, 3, 2), (3, 2, 4), 2),  # two contracted axes (attention output projection)
-        ((4, 6), (6, 2, 2), 1),  # two output axes (q/k/v projections)
-        ((4, 2), (2, 2, 3), 1),  # two output axes, narrow input
-    ],
-)
-def test_contract_trailing_gradients_equal_dot_general(x_shape, kernel_shape, num_in):
-    key_x, key_k, key_g = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(key_x, x_shape)
-    kernel = jax.random.normal(key_k, kernel_shape)
-    out_shape = x_shape[: len(x_shape) - num_in] + kernel_shape[num_in:]
-    cotangent = jax.random.normal(key_g, out_shape)
-    dims = ((tuple(range(len(x_shape) - num_in, len(x_shape))), tuple(range(num_in))), ((), ()))
-
-    def reference(x, kernel):
-        return jax.lax.dot_general(x, kernel, dims)
-
-    out, vjp = jax.vjp(lambda x, k: layers.contract_trailing(x, k, num_in), x, kernel)
-    ref_out, ref_vjp = jax.vjp(reference, x, kernel)
-    np.testing.assert_allclose(out, ref_out, rtol=1e-6)
-    for got, want in zip(vjp(cotangent), ref_vjp(cotangent), strict=True):
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("fn", "spec", "lhs_shape", "rhs_shape"),
-    [
-        # distinct b, q, k, h, d sizes so a swapped axis cannot pass
-        (layers.attention_scores, "bqhd,bkhd->bhqk", (2, 3, 4, 5), (2, 7, 4, 5)),
-        (layers.attention_context, "bhqk,bkhd->bqhd", (2, 4, 3, 7), (2, 7, 4, 5)),
-    ],
-)
-def test_attention_einsums_match_jnp_einsum_and_its_gradients(fn, spec, lhs_shape, rhs_shape):
-    key_a, key_b, key_g = jax.random.split(jax.random.key(1), 3)
-    lhs = jax.random.normal(key_a, lhs_shape)
-    rhs = jax.random.normal(key_b, rhs_shape)
-    out, vjp = jax.vjp(fn, lhs, rhs)
-    ref_out, ref_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), lhs, rhs)
-    np.testing.assert_allclose(out, ref_out, rtol=1e-6)
-    cotangent = jax.random.normal(key_g, out.shape)
-    for got, want in zip(vjp(cotangent), ref_vjp(cotangent), strict=True):
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.perf
-@pytest.mark.cpu_only
-def test_tiny_mt3_train_step_runs_every_gemm_on_the_fast_cpu_path():
-    """No dot of the compiled train step is left for XLA:CPU's slow Eigen fallback.
-
-    XLA:CPU sends a dot to YNNPACK (inside a fusion) only if its left operand is contracted
-    on its last axis; any other dot stays a top-level Eigen call at about half the rate.
-    Before the custom backwards of ``attention_scores`` / ``attention_context`` and the
-    barrier in ``contract_trailing``, the attention key/value and ``wo`` weight gradients
-    landed there (40 dots per T5-small step).
-    """
-    from amt_jax.models.t5 import MT3Config, MT3Model
-    from amt_jax.partitioning import mesh as mesh_lib
-    from amt_jax.train.optimizers import mt3_adafactor
-    from amt_jax.train.trainer import Trainer, model_factory
-
-    config = MT3Config.tiny()
-    mesh = mesh_lib.make_mesh(data=1, model=1, devices=jax.devices()[:1])
-    trainer = Trainer(model_factory(MT3Model, config), mt3_adafactor(), mesh)
-    rng = np.random.default_rng(0)
-    batch = trainer.global_batch(
-        {
-            "audio_bs": rng.standard_normal((2, 128 * config.inputs_length), np.float32),
-            "targets_bl": rng.integers(3, 100, (2, config.targets_length), np.int32),
-        }
-    )
-    hlo = trainer.lower_train_step(trainer.init_state(), batch).compile().as_text()
-    if "ynn_fusion" not in hlo:
-        pytest.skip("this XLA:CPU build does not use YNNPACK for dots")
-    entry = hlo[hlo.index("\nENTRY") :]
-    eigen_dots = re.findall(r"^\s*%\S+ = (\S+ dot\(.*)$", entry, re.M)
-    assert not eigen_dots, [line[:160] for line in eigen_dots[:3]]
-
-
-def test_dropout_keeps_the_stated_fraction_unbiased_and_shares_broadcast_dims():
-    dropout = layers.Dropout(0.1, rngs=nnx.Rngs(dropout=3))
-    ones = jnp.ones((4, 257, 301))  # odd last axis: the two 16-bit halves are trimmed
+@pytest.mark.parametrize("kernels", ["reference", "cpu"])
+def test_dropout_is_unbiased_fresh_per_call_and_shares_broadcast_dims(kernels):
+    ones = jnp.ones((4, 257, 301))
+    dropout = layers.Dropout(0.1, kernels=kernels, rngs=nnx.Rngs(dropout=3))
     out = np.asarray(dropout(ones, deterministic=False))
     kept = out != 0
-    threshold = round(0.9 * 65536)
-    # kept values are scaled by the exact inverse of the 16-bit keep probability
-    np.testing.assert_allclose(out[kept], 65536 / threshold, rtol=1e-6)
     # 310k Bernoulli draws: the keep fraction is within 5 standard errors of 0.9
-    assert abs(kept.mean() - threshold / 65536) < 5 * math.sqrt(0.09 / kept.size)
-    # both halves of the random words are used and independent of each other
-    first, second = kept[..., :150], kept[..., 151:]
-    assert abs(first.mean() - second.mean()) < 0.01
-    assert abs((first & second).mean() - first.mean() * second.mean()) < 0.01
-    # a fresh call draws a fresh mask; deterministic passes the input through
+    assert abs(kept.mean() - 0.9) < 5 * math.sqrt(0.09 / kept.size) + 1e-5
+    assert abs(out.mean() - 1.0) < 0.01  # kept values scaled by 1 / keep probability
     assert (np.asarray(dropout(ones, deterministic=False)) != out).any()
     np.testing.assert_array_equal(dropout(ones, deterministic=True), ones)
 
-    shared = layers.Dropout(0.5, broadcast_dims=(1,), rngs=nnx.Rngs(dropout=0))
+    shared = layers.Dropout(0.5, broadcast_dims=(1,), kernels=kernels, rngs=nnx.Rngs(dropout=0))
     mask = np.asarray(shared(ones, deterministic=False)) != 0
     assert (mask == mask[:, :1]).all()
     assert 0.4 < mask.mean() < 0.6
+
+
+def test_kernels_must_be_known():
+    with pytest.raises(ValueError, match="kernels"):
+        layers.Dropout(0.1, kernels="gpu")

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from amt_jax.models import nmp, nmp_weights
+from amt_jax.models import nmp, nmp_convs, nmp_weights
 from amt_jax.models.base import TranscriptionModel
 from amt_jax.notes import basic_pitch as postprocess
 
@@ -59,7 +59,7 @@ def test_every_parameter_has_logical_axes():
 )
 def test_tf_same_padding_matches_xla_same(size, kernel, stride):
     pads = jax.lax.padtype_to_pads((size,), (kernel,), (stride,), "SAME")[0]
-    assert nmp.tf_same_padding(size, kernel, stride) == tuple(pads)
+    assert nmp_convs.tf_same_padding(size, kernel, stride) == tuple(pads)
     out = (size + sum(pads) - kernel) // stride + 1
     assert out == -(-size // stride)
 

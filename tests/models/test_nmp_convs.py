@@ -1,5 +1,5 @@
-"""The NMP heads' GEMM formulations equal the plain TF-SAME convolution they replace, and
-both head implementations ("gemm" for CPU, "xla" for TPU) give the same network."""
+"""The NMP heads' conv forms (models/nmp_convs.py) equal the plain TF-SAME convolution they
+replace, layer by layer and as a network ("gemm" for CPU, "xla" for TPU)."""
 
 import dataclasses
 import functools
@@ -13,14 +13,16 @@ from hypothesis import strategies as st
 from jax._src.mesh import AbstractDevice  # no public constructor for a TPU abstract mesh
 
 from amt_jax.audio.harmonic import harmonic_shifts, harmonic_stack
-from amt_jax.models import nmp
+from amt_jax.models import nmp, nmp_convs
 
 # Jitted once per static configuration: eager dispatch of the many small ops is slower.
-conv_same = jax.jit(nmp.conv_same, static_argnames=("freq_stride", "dtype"))
-toeplitz_conv = jax.jit(nmp.toeplitz_conv, static_argnames=("freq_stride", "block", "dtype"))
-single_output_conv = jax.jit(nmp.single_output_conv, static_argnames=("dtype",))
-harmonic_conv = jax.jit(nmp.harmonic_conv, static_argnames=("shifts", "n_out_bins", "block"))
-strided_im2col_conv = jax.jit(nmp.strided_im2col_conv, static_argnames=("freq_stride", "dtype"))
+conv_same = jax.jit(nmp_convs.conv_same, static_argnames=("freq_stride", "dtype"))
+toeplitz_conv = jax.jit(nmp_convs.toeplitz_conv, static_argnames=("freq_stride", "block", "dtype"))
+single_output_conv = jax.jit(nmp_convs.single_output_conv, static_argnames=("dtype",))
+harmonic_conv = jax.jit(nmp_convs.harmonic_conv, static_argnames=("shifts", "n_out_bins", "block"))
+strided_im2col_conv = jax.jit(
+    nmp_convs.strided_im2col_conv, static_argnames=("freq_stride", "dtype")
+)
 
 
 def _random(shape, seed):
@@ -138,7 +140,7 @@ def test_xla_and_gemm_heads_give_the_same_network():
 def _platform_seen_by_auto(mesh):
     seen = []
     with jax.sharding.use_abstract_mesh(mesh):
-        jax.make_jaxpr(lambda x: seen.append(nmp.resolve_conv_impl("auto")) or x)(1.0)
+        jax.make_jaxpr(lambda x: seen.append(nmp_convs.resolve_conv_impl("auto")) or x)(1.0)
     return seen[0]
 
 
@@ -154,8 +156,8 @@ def test_auto_conv_impl_follows_the_mesh_platform_not_the_host():
         abstract_device=AbstractDevice("TPU v5 lite", 1, "tpu"),
     )
     assert _platform_seen_by_auto(tpu_mesh) == "xla"
-    assert nmp.resolve_conv_impl("auto") == "gemm"  # no mesh: the default backend (CPU)
-    assert nmp.resolve_conv_impl("xla") == "xla"
+    assert nmp_convs.resolve_conv_impl("auto") == "gemm"  # no mesh: the default backend (CPU)
+    assert nmp_convs.resolve_conv_impl("xla") == "xla"
     with pytest.raises(ValueError, match="conv_impl"):
         nmp.NMPConfig(conv_impl="cudnn")
 
@@ -163,8 +165,13 @@ def test_auto_conv_impl_follows_the_mesh_platform_not_the_host():
 def test_bfloat16_convs_use_bfloat16_operands_and_return_float32():
     x = _random((1, 4, 30, 2), 6)
     kernel = _random((3, 5, 2, 1), 7)
-    im2col = functools.partial(nmp.strided_im2col_conv, freq_stride=3)
-    for conv in (nmp.conv_same, nmp.toeplitz_conv, nmp.single_output_conv, im2col):
+    im2col = functools.partial(nmp_convs.strided_im2col_conv, freq_stride=3)
+    for conv in (
+        nmp_convs.conv_same,
+        nmp_convs.toeplitz_conv,
+        nmp_convs.single_output_conv,
+        im2col,
+    ):
         out = conv(x, kernel, dtype="bfloat16")
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, conv(x, kernel), atol=0.1, rtol=0.05)
@@ -176,3 +183,59 @@ def test_bfloat16_convs_use_bfloat16_operands_and_return_float32():
             if eqn.primitive.name in ("conv_general_dilated", "dot_general")
         }
         assert dtypes == {"bfloat16"}
+
+
+@pytest.mark.parametrize("conv_impl", ["gemm", "xla"])
+def test_every_layer_form_equals_the_reference_conv(conv_impl):
+    """nmp_convs.conv on each head layer's shapes (Basic Pitch's, few frames) == conv_same."""
+    config = nmp.NMP_CONFIG
+    shifts = harmonic_shifts(config.harmonics, config.bins_per_semitone)
+    cqt = np.abs(_random((1, 6, nmp.N_CQT_BINS), 12))
+    stack = np.asarray(
+        harmonic_stack(cqt, harmonics=config.harmonics, bins_per_semitone=3, n_output_bins=264)
+    )
+    stacked = nmp_convs.HarmonicStack(stack, cqt, shifts)
+    # layer: (input, kernel [kt, kf, in, out], frequency stride)
+    layers = {
+        "contour": (stacked, (3, 39, 8, 8), 1),
+        "contour_out": (_random((1, 6, 264, 8), 13), (5, 5, 8, 1), 1),
+        "note": (_random((1, 6, 264, 1), 14), (7, 7, 1, 32), 3),
+        "note_out": (_random((1, 6, 88, 32), 15), (7, 3, 32, 1), 1),
+        "onset": (stacked, (5, 5, 8, 32), 3),
+        "onset_out": (_random((1, 6, 88, 33), 16), (3, 3, 33, 1), 1),
+    }
+    assert set(layers) == set(nmp_convs.LAYER_FORMS[conv_impl])
+    for seed, (layer, (x, kernel_shape, stride)) in enumerate(layers.items()):
+        kernel = _random(kernel_shape, 20 + seed)
+        bias = _random(kernel_shape[3:], 30 + seed)
+        plain = x.stack_btfh if isinstance(x, nmp_convs.HarmonicStack) else x
+        want = conv_same(plain, kernel, bias, freq_stride=stride)
+        got = jax.jit(
+            lambda k, b, layer=layer, x=x, stride=stride: nmp_convs.conv(
+                layer, x, k, b, conv_impl=conv_impl, freq_stride=stride, block=8
+            )
+        )(kernel, bias)
+        assert got.shape == want.shape, layer
+        np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-5, err_msg=layer)
+
+
+def test_gemm_and_xla_differ_in_the_forms_they_trace():
+    """The choice is made: "gemm" traces no 8-channel conv for the contour layer."""
+    config = nmp.NMP_CONFIG
+    cqt = np.abs(_random((1, 4, nmp.N_CQT_BINS), 17))
+    stack = harmonic_stack(cqt, harmonics=config.harmonics, bins_per_semitone=3, n_output_bins=264)
+    stacked = nmp_convs.HarmonicStack(stack, cqt, harmonic_shifts(config.harmonics, 3))
+    kernel = _random((3, 39, 8, 8), 18)
+
+    def input_channels_of_convs(conv_impl):
+        jaxpr = jax.make_jaxpr(
+            lambda k: nmp_convs.conv("contour", stacked, k, conv_impl=conv_impl, block=24)
+        )(kernel)
+        return {
+            eqn.invars[0].aval.shape[-1]
+            for eqn in jaxpr.jaxpr.eqns
+            if eqn.primitive.name == "conv_general_dilated"
+        }
+
+    assert 8 in input_channels_of_convs("xla")
+    assert 8 not in input_channels_of_convs("gemm")
