@@ -112,4 +112,3 @@ def greedy_decode_uncached(
 
     _, tokens_bl, _ = jax.lax.while_loop(keep_going, body, init)
     return tokens_bl
-
