@@ -32,7 +32,7 @@ EXTRAS_REQUIRE = {
         "pytest>=8,<10",
         "pytest-xdist>=3.6,<4",  # `make test` runs on two processes
         "hypothesis>=6.100,<7",
-        "ruff>=0.6,<1",
+        "ruff>=0.17,<0.18",  # `make lint` checks formatting: one formatter version
     ],
     # libtpu describes TPU topologies on any host, for tools/aot_compile.py (no TPU needed)
     "tpu-aot": ["jax[tpu]>=0.10,<0.11"],
