@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amt_jax.audio import basic_pitch_constants as bp
+
 # ----------------------------------------------------------------------------------------
 # General CQT (librosa filters, FFT band-fold)
 # ----------------------------------------------------------------------------------------
@@ -46,11 +48,11 @@ class CQTConfig:
       GEMM of frames of that width against their kernels; 0 turns this off.
     """
 
-    sample_rate: int = 22050
-    hop_length: int = 256
-    fmin: float = 27.5
-    n_bins: int = 309
-    bins_per_octave: int = 36
+    sample_rate: int = bp.SAMPLE_RATE
+    hop_length: int = bp.HOP_SAMPLES
+    fmin: float = bp.FMIN
+    n_bins: int = bp.N_CQT_BINS
+    bins_per_octave: int = bp.BINS_PER_OCTAVE
     filter_scale: float = 1.0
     padding: str = "constant"
     scale: bool = True
@@ -91,23 +93,6 @@ class CQTConfig:
             )
         if self.padding not in ("constant", "reflect", "edge"):
             raise ValueError(f"Unknown CQT padding {self.padding!r}")
-
-
-def librosa_filters(config: CQTConfig) -> list[np.ndarray]:
-    """The complex time-domain kernels of :func:`cqt`, one per bin (float64, unpadded).
-
-    Kernel k is sampled at ``j = floor(-L/2) ... floor(L/2) - 1``; its value is
-    ``hann(M)[j - j0] * exp(2j*pi*f_k*j/sr)``, L1-normalised. Exposed for tests and for
-    anyone who wants the dense transform.
-    """
-    kernels = []
-    for f, length in zip(config.frequencies(), config.lengths()):
-        j = np.arange(-length // 2, length // 2)
-        m = len(j)
-        window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(m) / m)
-        kernel = window * np.exp(2j * np.pi * f * j / config.sample_rate)
-        kernels.append(kernel / np.sum(np.abs(kernel)))
-    return kernels
 
 
 def _smooth_size(n: int) -> int:
@@ -369,12 +354,7 @@ def _chunk_jit(padded_bs, config: CQTConfig, num_samples: int, tables):
 # Basic Pitch's CQT (exact port of its CQT2010v2 layer) and NormalizedLog
 # ----------------------------------------------------------------------------------------
 
-BASIC_PITCH_SAMPLE_RATE = 22050
-BASIC_PITCH_HOP = 256
-BASIC_PITCH_WINDOW = 43844  # 2 s minus one hop: 172 frames
-BASIC_PITCH_N_BINS = 309
-BASIC_PITCH_BINS_PER_OCTAVE = 36
-BASIC_PITCH_FMIN = 27.5
+#: nnAudio's kernel buffer: the top octave's filters, each centred in 256 samples
 _KERNEL_LEN = 256
 
 
@@ -389,9 +369,9 @@ def basic_pitch_constants() -> dict[str, np.ndarray]:
     """
     import scipy.signal
 
-    bpo, sr = BASIC_PITCH_BINS_PER_OCTAVE, BASIC_PITCH_SAMPLE_RATE
+    bpo, sr = bp.BINS_PER_OCTAVE, bp.SAMPLE_RATE
     q = 1.0 / (2.0 ** (1.0 / bpo) - 1.0)
-    f_top = BASIC_PITCH_FMIN * 2.0 ** ((BASIC_PITCH_N_BINS - 1) / bpo)
+    f_top = bp.FMIN * 2.0 ** ((bp.N_CQT_BINS - 1) / bpo)
     f_low = f_top / 2.0 ** (1 - 1.0 / bpo)
     freqs = f_low * 2.0 ** (np.arange(bpo) / bpo)
     kernels = np.zeros((bpo, _KERNEL_LEN), np.complex128)
@@ -403,13 +383,13 @@ def basic_pitch_constants() -> dict[str, np.ndarray]:
         sig = window * np.exp(1j * 2 * np.pi * f * n / sr) / length
         kernels[k, start : start + length] = sig / np.sum(np.abs(sig))
     lowpass = scipy.signal.firwin2(256, [0.0, 0.5 / 1.001, 0.5 * 1.001, 1.0], [1.0, 1.0, 0.0, 0.0])
-    all_freqs = BASIC_PITCH_FMIN * 2.0 ** (np.arange(BASIC_PITCH_N_BINS) / bpo)
+    all_freqs = bp.FMIN * 2.0 ** (np.arange(bp.N_CQT_BINS) / bpo)
     scale = np.sqrt(np.ceil(q * sr / all_freqs))
     return {"kernels": kernels, "lowpass": lowpass, "scale": scale, "q": np.float64(q)}
 
 
 def _bp_octave_count() -> int:
-    return math.ceil(BASIC_PITCH_N_BINS / BASIC_PITCH_BINS_PER_OCTAVE)
+    return math.ceil(bp.N_CQT_BINS / bp.BINS_PER_OCTAVE)
 
 
 def _halfband_decimate(x_bs: jax.Array, lowpass: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -455,11 +435,11 @@ def basic_pitch_cqt(audio_bs: jax.Array, dtype: str = "float32") -> jax.Array:
     # [256, 72]: real parts, then minus imaginary parts (the TF port's sign convention).
     weight = jnp.asarray(np.concatenate([kernels.real, -kernels.imag], axis=0).T.astype(np.float32))
     lowpass = jnp.asarray(consts["lowpass"].astype(np.float32))
-    bpo = BASIC_PITCH_BINS_PER_OCTAVE
+    bpo = bp.BINS_PER_OCTAVE
     octaves = []
     signal = audio_bs
     for octave in range(_bp_octave_count()):
-        stride = BASIC_PITCH_HOP // 2**octave
+        stride = bp.HOP_SAMPLES // 2**octave
         if stride < 1:
             raise ValueError("Basic Pitch CQT needs hop >= 2**(octaves-1)")
         padded = jnp.pad(signal, ((0, 0), (_KERNEL_LEN // 2, _KERNEL_LEN // 2)), mode="reflect")
@@ -480,7 +460,7 @@ def basic_pitch_cqt(audio_bs: jax.Array, dtype: str = "float32") -> jax.Array:
             signal = _halfband_decimate(signal, lowpass, dtype)
     num_frames = min(o.shape[1] for o in octaves)
     stacked = jnp.concatenate([o[:, :num_frames] for o in reversed(octaves)], axis=-1)
-    stacked = stacked[..., -BASIC_PITCH_N_BINS:]
+    stacked = stacked[..., -bp.N_CQT_BINS :]
     return stacked * jnp.asarray(consts["scale"].astype(np.float32))
 
 

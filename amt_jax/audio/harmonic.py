@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BASIC_PITCH_HARMONICS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+from amt_jax.audio import basic_pitch_constants as bp
 
 
 def harmonic_shifts(harmonics: Sequence[float], bins_per_semitone: int) -> tuple[int, ...]:
@@ -24,9 +24,9 @@ def harmonic_shifts(harmonics: Sequence[float], bins_per_semitone: int) -> tuple
 
 def harmonic_stack(
     x_btf: jax.Array,
-    harmonics: Sequence[float] = BASIC_PITCH_HARMONICS,
-    bins_per_semitone: int = 3,
-    n_output_bins: int = 264,
+    harmonics: Sequence[float] = bp.HARMONICS,
+    bins_per_semitone: int = bp.BINS_PER_SEMITONE,
+    n_output_bins: int = bp.N_CONTOUR_BINS,
 ) -> jax.Array:
     """[batch, frames, bins] -> [batch, frames, n_output_bins, len(harmonics)].
 

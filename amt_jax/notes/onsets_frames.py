@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from note_seq.protobuf import music_pb2
 
+from amt_jax.notes.sequences import notes_to_sequence
+
 MIDI_OFFSET = 21  # pitch index 0 is A0
 
 
@@ -65,18 +67,14 @@ def onsets_frames_to_sequence(
         return int(min(max(float(value), 0.0), 1.0) * velocity_scale + velocity_bias)
 
     frame_seconds = 1.0 / frames_per_second
-    sequence = music_pb2.NoteSequence()
-    sequence.tempos.add(qpm=qpm)
-    sequence.ticks_per_quarter = 220
     start_of: dict[int, tuple[int, int]] = {}  # pitch -> (start frame, velocity)
+    notes: list[tuple[float, float, int, int]] = []  # (start s, end s, pitch, velocity)
 
     def end_note(pitch: int, frame: int) -> None:
         start, velocity = start_of.pop(pitch)
         start_s, end_s = start * frame_seconds, frame * frame_seconds
         if (end_s - start_s) * 1000 >= min_duration_ms:
-            sequence.notes.add(
-                pitch=pitch + min_midi_pitch, velocity=velocity, start_time=start_s, end_time=end_s
-            )
+            notes.append((start_s, end_s, pitch + min_midi_pitch, velocity))
 
     for i in range(n_frames + 1):
         for pitch in range(n_pitches):
@@ -90,8 +88,15 @@ def onsets_frames_to_sequence(
             elif onsets_tp[i, pitch] and not onsets_tp[i - 1, pitch]:
                 end_note(pitch, i)
                 start_of[pitch] = (i, midi_velocity(i, pitch))
-    sequence.total_time = (n_frames + 1) * frame_seconds
-    return sequence
+    starts, ends, pitches, velocities = zip(*notes) if notes else ((), (), (), ())
+    return notes_to_sequence(
+        starts,
+        ends,
+        pitches,
+        velocities,
+        qpm=qpm,
+        total_time=(n_frames + 1) * frame_seconds,
+    )
 
 
 __all__ = ["onsets_frames_to_sequence"]
