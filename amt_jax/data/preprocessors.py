@@ -22,6 +22,7 @@ import threading
 import note_seq
 import numpy as np
 
+from amt_jax.audio import basic_pitch_constants as basic_pitch
 from amt_jax.music import rolls
 from amt_jax.vocab import note_events
 from amt_jax.vocab.layouts import EOS_ID, PAD_ID, VocabularyConfig
@@ -53,10 +54,10 @@ MT3 = FamilySpec("mt3", 16000, 32768, target_length=1024)
 ONSETS_FRAMES = FamilySpec("onsets_frames", 16000, 16000 * 5 // 512 * 512, 31.25, 156)
 NMP = FamilySpec(
     "nmp",
-    22050,
-    43844,
-    22050 / 256,
-    172,
+    basic_pitch.SAMPLE_RATE,
+    basic_pitch.WINDOW_SAMPLES,
+    basic_pitch.FRAMES_PER_SECOND,
+    basic_pitch.FRAMES_PER_WINDOW,
     label_rule="nearest",
     onset_length_ms=0.0,
     offset_length_ms=0.0,
@@ -194,8 +195,8 @@ def roll_targets(
         max_velocity=None if spec.name != "nmp" else 127.0,  # None: the track maximum
     )
     if spec.name == "nmp":
-        contour = np.zeros((spec.num_frames, 3 * NUM_PITCHES), np.float32)
-        contour[:, 0::3] = roll.frames_tp
+        contour = np.zeros((spec.num_frames, basic_pitch.N_CONTOUR_BINS), np.float32)
+        contour[:, 0 :: basic_pitch.BINS_PER_SEMITONE] = roll.frames_tp  # bin 3k: MIDI 21 + k
         return {"contour_btf": contour, "note_btp": roll.frames_tp, "onset_btp": roll.onsets_tp}
     return {
         "onset_btp": roll.onsets_tp,

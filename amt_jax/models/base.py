@@ -29,6 +29,15 @@ Batch = dict[str, jax.Array]
 PredictFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 
+def static_sample_rate(batch: Batch) -> int | None:
+    """The batch's ``sample_rate`` when known on the host (not a traced value), else None:
+    what a model's input check can compare against its own rate while tracing."""
+    rate = batch.get("sample_rate")
+    if rate is None or isinstance(rate, jax.core.Tracer):
+        return None
+    return int(np.asarray(rate).reshape(-1)[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class Segments:
     """Where a model's input windows lie in one track.

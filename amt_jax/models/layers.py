@@ -50,6 +50,12 @@ def uses_cpu_kernels(kernels: str) -> bool:
     return platform.resolve_auto(kernels, cpu="cpu", other="reference") == "cpu"
 
 
+def axis_metadata(*names: str) -> dict[str, object]:
+    """Metadata for a flax layer's parameters: logical axis names, no eager sharding (so
+    models build anywhere: CPU tests, ``nnx.eval_shape``); e.g. ``kernel_metadata=``."""
+    return {"out_sharding": names, "eager_sharding": False}
+
+
 def logical_param(
     init: Initializer,
     key: jax.Array,

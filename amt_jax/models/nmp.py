@@ -39,10 +39,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from amt_jax.audio import basic_pitch_constants as bp
+
+# the input contract, public here too (tools and tests read nmp.SAMPLE_RATE, ...)
+from amt_jax.audio.basic_pitch_constants import N_CQT_BINS, SAMPLE_RATE, WINDOW_SAMPLES  # noqa: F401
 from amt_jax.audio.cqt import basic_pitch_cqt, normalized_log
 from amt_jax.audio.harmonic import harmonic_shifts, harmonic_stack
 from amt_jax.models import nmp_convs
-from amt_jax.models.base import Batch, Segments, TranscriptionModel
+from amt_jax.models.base import Batch, Segments, TranscriptionModel, static_sample_rate
+from amt_jax.models.layers import axis_metadata
 
 # re-exported (tools/bench_transcribe.py times the conv forms one by one)
 from amt_jax.models.nmp_convs import (  # noqa: F401
@@ -55,26 +60,18 @@ from amt_jax.models.nmp_convs import (  # noqa: F401
     tf_same_padding,
     toeplitz_conv,
 )
+
+# Basic Pitch's windowing, public here too (tests call nmp.window_audio, nmp.unwrap_outputs)
+from amt_jax.models.nmp_windows import (  # noqa: F401
+    num_output_frames,
+    num_windows,
+    unwrap_outputs,
+    window_audio,
+)
 from amt_jax.notes import basic_pitch as postprocess
 from amt_jax.partitioning.axes import constrain
 
-SAMPLE_RATE = 22050
-WINDOW_SAMPLES = 43844
-FRAMES_PER_WINDOW = 172
-#: frames shared by consecutive windows; half of it is trimmed at each window edge
-OVERLAP_FRAMES = 30
-HOP_SAMPLES = 256
-OVERLAP_SAMPLES = OVERLAP_FRAMES * HOP_SAMPLES  # 7680
-WINDOW_HOP_SAMPLES = WINDOW_SAMPLES - OVERLAP_SAMPLES  # 36164
-ANNOTATIONS_FPS = 86  # basic-pitch's integer frame rate (the true one is 86.13)
-N_CQT_BINS = 309
-
 _CONV_AXES = ("kernel_time", "kernel_freq", "conv_in", "conv_out")
-
-
-def _meta(*names: str) -> dict[str, Any]:
-    """Logical-axis metadata; no eager sharding so models build anywhere (CPU, eval_shape)."""
-    return {"out_sharding": names, "eager_sharding": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +83,9 @@ class NMPConfig:
     ``label_smoothing``: the paper does not mention it; basic-pitch's ``train.py`` uses 0.2.
     """
 
-    n_pitches: int = 88
-    bins_per_semitone: int = 3
-    harmonics: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+    n_pitches: int = bp.N_PITCHES
+    bins_per_semitone: int = bp.BINS_PER_SEMITONE
+    harmonics: tuple[float, ...] = bp.HARMONICS
     contour_filters: int = 8
     contour_kernel: tuple[int, int] = (3, 39)  # 39 bins = one octave plus a semitone
     contour_out_kernel: tuple[int, int] = (5, 5)
@@ -164,8 +161,8 @@ class _Conv(nnx.Module):
             padding=(pad_time, pad_freq),
             kernel_init=jax.nn.initializers.variance_scaling(2.0, "fan_avg", "uniform"),
             precision=jax.lax.Precision.HIGHEST,
-            kernel_metadata=_meta(*_CONV_AXES),
-            bias_metadata=_meta("conv_out"),
+            kernel_metadata=axis_metadata(*_CONV_AXES),
+            bias_metadata=axis_metadata("conv_out"),
             rngs=rngs,
         )
         self.layer = layer
@@ -197,18 +194,10 @@ def _batch_norm(features: int, config: NMPConfig, rngs: nnx.Rngs) -> nnx.BatchNo
         features,
         epsilon=config.batch_norm_epsilon,
         momentum=config.batch_norm_momentum,
-        scale_metadata=_meta("channels"),
-        bias_metadata=_meta("channels"),
+        scale_metadata=axis_metadata("channels"),
+        bias_metadata=axis_metadata("channels"),
         rngs=rngs,
     )
-
-
-def _static_sample_rate(batch: Batch) -> int | None:
-    """The batch's ``sample_rate`` when known on the host (not a traced value), else None."""
-    rate = batch.get("sample_rate")
-    if rate is None or isinstance(rate, jax.core.Tracer):
-        return None
-    return int(np.asarray(rate).reshape(-1)[0])
 
 
 class NMP(TranscriptionModel):
@@ -232,7 +221,7 @@ class NMP(TranscriptionModel):
         "multiple_pitch_bends": False,
     }
     #: one output frame at basic-pitch's 86 fps
-    min_samples = math.ceil(SAMPLE_RATE / ANNOTATIONS_FPS)
+    min_samples = math.ceil(SAMPLE_RATE / bp.ANNOTATIONS_FPS)
     sample_rate = SAMPLE_RATE
     segment_samples = WINDOW_SAMPLES
 
@@ -372,11 +361,11 @@ class NMP(TranscriptionModel):
     def _audio(self, batch: Batch) -> jax.Array:
         if "audio_bs" not in batch:
             raise ValueError(f"NMP batches need 'audio_bs'; got keys {sorted(batch)}")
-        rate = _static_sample_rate(batch)
+        rate = static_sample_rate(batch)
         if rate is not None and rate != SAMPLE_RATE:
             raise ValueError(
                 f"NMP expects audio at {SAMPLE_RATE} Hz, got {rate} Hz; resample first "
-                "(amt_jax.audio.io.load_audio(path, sample_rate=22050))"
+                f"(amt_jax.audio.io.load_audio(path, sample_rate={SAMPLE_RATE}))"
             )
         audio = batch["audio_bs"]
         if audio.ndim != 2 or audio.shape[1] != WINDOW_SAMPLES:
@@ -420,8 +409,8 @@ class NMP(TranscriptionModel):
     def segment(self, audio_s: np.ndarray) -> Segments:
         """Basic Pitch's windows: 43844 samples every 36164, the first starting 3840 samples
         before the audio (basic-pitch prepends half an overlap of zeros)."""
-        starts = np.arange(num_windows(len(audio_s)), dtype=np.int64) * WINDOW_HOP_SAMPLES
-        starts -= OVERLAP_SAMPLES // 2
+        starts = np.arange(num_windows(len(audio_s)), dtype=np.int64) * bp.WINDOW_HOP_SAMPLES
+        starts -= bp.OVERLAP_SAMPLES // 2
         return Segments(starts, WINDOW_SAMPLES, starts / SAMPLE_RATE)
 
     def stitch(self, outputs: Mapping[str, np.ndarray], *, num_samples: int) -> dict[str, Any]:
@@ -503,84 +492,6 @@ def project_unit_norm(params: Any, epsilon: float = 1e-7) -> Any:
     return jax.tree_util.tree_map_with_path(project, params)
 
 
-# --- long audio: windows in, stitched posteriors out (basic-pitch's run_inference) ---------
-
-
-def num_windows(num_samples: int) -> int:
-    """Windows basic-pitch cuts from ``num_samples`` (after prepending half an overlap)."""
-    return max(1, math.ceil((num_samples + OVERLAP_SAMPLES // 2) / WINDOW_HOP_SAMPLES))
-
-
-def window_audio(audio_s: np.ndarray) -> np.ndarray:
-    """Mono 22.05 kHz audio → [n_windows, 43844] windows exactly as basic-pitch cuts them.
-
-    3840 zeros are prepended, windows start every 36164 samples while the start lies inside
-    the padded signal, and the last window is zero-padded at the end.
-    """
-    audio_s = np.asarray(audio_s, np.float32)
-    if audio_s.ndim != 1:
-        raise ValueError(f"window_audio expects mono audio [samples], got shape {audio_s.shape}")
-    padded = np.concatenate([np.zeros(OVERLAP_SAMPLES // 2, np.float32), audio_s])
-    count = num_windows(audio_s.shape[0])
-    total = (count - 1) * WINDOW_HOP_SAMPLES + WINDOW_SAMPLES
-    padded = np.pad(padded, (0, max(0, total - padded.shape[0])))
-    starts = np.arange(count) * WINDOW_HOP_SAMPLES
-    return np.stack([padded[s : s + WINDOW_SAMPLES] for s in starts])
-
-
-def num_output_frames(num_samples: int, trim: str = "0.4.0") -> int:
-    """Frames kept after stitching: basic-pitch 0.4.0 or HEAD (after PR #179) rule."""
-    if trim == "0.4.0":
-        return int(np.floor(num_samples * (ANNOTATIONS_FPS / SAMPLE_RATE)))
-    if trim == "head":
-        kept = FRAMES_PER_WINDOW - OVERLAP_FRAMES
-        return int(num_samples / WINDOW_HOP_SAMPLES * kept)
-    raise ValueError(f"trim must be '0.4.0' or 'head', got {trim!r}")
-
-
-def unwrap_outputs(
-    outputs: dict[str, Any], num_samples: int, trim: str = "0.4.0"
-) -> dict[str, np.ndarray]:
-    """Per-window posteriors [n_windows, 172, bins] → stitched [frames, bins] per head.
-
-    15 frames are dropped at each window edge, the rest concatenated, and the result cut
-    to :func:`num_output_frames` (0.4.0 and HEAD differ: 782 vs 787 frames for 9.1 s).
-    """
-    keep = num_output_frames(num_samples, trim)
-    half = OVERLAP_FRAMES // 2
-    stitched = {}
-    for name, value in outputs.items():
-        value = np.asarray(value)
-        if value.ndim != 3:
-            raise ValueError(f"{name!r} must be [windows, frames, bins], got {value.shape}")
-        inner = value[:, half:-half] if half else value
-        stitched[name] = inner.reshape(-1, value.shape[-1])[:keep]
-    return stitched
-
-
-def predict_long_audio(
-    model: NMP, audio_s: np.ndarray, *, batch_size: int = 16, trim: str = "0.4.0"
-) -> dict[str, np.ndarray]:
-    """Stitched posteriors of a whole mono 22.05 kHz signal (windows batched through a jit)."""
-    windows = window_audio(audio_s)
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def run(state, audio_bs):
-        return nnx.merge(graphdef, state).predict({"audio_bs": audio_bs})
-
-    parts: dict[str, list[np.ndarray]] = {}
-    for first in range(0, windows.shape[0], batch_size):
-        chunk = windows[first : first + batch_size]
-        count = chunk.shape[0]
-        if count < batch_size and windows.shape[0] > batch_size:
-            chunk = np.pad(chunk, ((0, batch_size - count), (0, 0)))  # one compiled shape
-        for name, value in run(state, jnp.asarray(chunk)).items():
-            parts.setdefault(name, []).append(np.asarray(value)[:count])
-    per_window = {name: np.concatenate(values) for name, values in parts.items()}
-    return unwrap_outputs(per_window, audio_s.shape[0], trim=trim)
-
-
 __all__ = [
     "NMP",
     "NMPConfig",
@@ -593,7 +504,6 @@ __all__ = [
     "harmonic_conv",
     "num_output_frames",
     "num_windows",
-    "predict_long_audio",
     "project_unit_norm",
     "resolve_conv_impl",
     "single_output_conv",

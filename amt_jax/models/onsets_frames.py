@@ -35,15 +35,10 @@ import optax
 from flax import nnx
 
 from amt_jax.audio.mel import ONSETS_FRAMES_MEL, MelConfig, log_mel
-from amt_jax.models.base import Batch, Segments, TranscriptionModel
+from amt_jax.models.base import Batch, Segments, TranscriptionModel, static_sample_rate
+from amt_jax.models.layers import axis_metadata
 from amt_jax.notes import onsets_frames as postprocess
 from amt_jax.partitioning.axes import constrain
-
-
-def _meta(*names: str) -> dict[str, Any]:
-    """Logical-axis metadata; no eager sharding so models build anywhere (CPU, eval_shape)."""
-    return {"out_sharding": names, "eager_sharding": False}
-
 
 _VARIANCE_SCALING = jax.nn.initializers.variance_scaling(2.0, "fan_avg", "uniform")
 
@@ -123,7 +118,9 @@ class ConvStack(nnx.Module):
                     padding="SAME",
                     use_bias=False,
                     kernel_init=_VARIANCE_SCALING,
-                    kernel_metadata=_meta("kernel_time", "kernel_freq", "conv_in", "conv_out"),
+                    kernel_metadata=axis_metadata(
+                        "kernel_time", "kernel_freq", "conv_in", "conv_out"
+                    ),
                     dtype=self.dtype,
                     rngs=rngs,
                 )
@@ -134,7 +131,7 @@ class ConvStack(nnx.Module):
                     use_scale=False,
                     epsilon=config.batch_norm_epsilon,
                     momentum=config.batch_norm_momentum,
-                    bias_metadata=_meta("channels"),
+                    bias_metadata=axis_metadata("channels"),
                     dtype=self.dtype,  # statistics are reduced in float32 whatever this is
                     rngs=rngs,
                 )
@@ -148,8 +145,8 @@ class ConvStack(nnx.Module):
             freq * in_features,
             config.fc_size,
             kernel_init=_VARIANCE_SCALING,
-            kernel_metadata=_meta("embed", "mlp"),
-            bias_metadata=_meta("mlp"),
+            kernel_metadata=axis_metadata("embed", "mlp"),
+            bias_metadata=axis_metadata("mlp"),
             dtype=self.dtype,
             rngs=rngs,
         )
@@ -191,13 +188,14 @@ class LSTM(nnx.Module):
         self.dtype = jnp.dtype(dtype)
         init = jax.nn.initializers.glorot_uniform()
         self.input_kernel = nnx.Param(
-            init(rngs.params(), (in_features, 4 * hidden)), **_meta(input_axis, "lstm_gates")
+            init(rngs.params(), (in_features, 4 * hidden)),
+            **axis_metadata(input_axis, "lstm_gates"),
         )
         recurrent = jax.nn.initializers.orthogonal()
         self.recurrent_kernel = nnx.Param(
-            recurrent(rngs.params(), (hidden, 4 * hidden)), **_meta("hidden", "lstm_gates")
+            recurrent(rngs.params(), (hidden, 4 * hidden)), **axis_metadata("hidden", "lstm_gates")
         )
-        self.bias = nnx.Param(jnp.zeros((4 * hidden,)), **_meta("lstm_gates"))
+        self.bias = nnx.Param(jnp.zeros((4 * hidden,)), **axis_metadata("lstm_gates"))
 
     def __call__(self, x_btd: jax.Array, *, reverse: bool = False) -> jax.Array:
         dtype = self.dtype
@@ -245,19 +243,11 @@ def _output_layer(in_features: int, n_pitches: int, in_axis: str, rngs: nnx.Rngs
         in_features,
         n_pitches,
         kernel_init=_VARIANCE_SCALING,
-        kernel_metadata=_meta(in_axis, "pitch"),
-        bias_metadata=_meta("pitch"),
+        kernel_metadata=axis_metadata(in_axis, "pitch"),
+        bias_metadata=axis_metadata("pitch"),
         dtype=jnp.float32,
         rngs=rngs,
     )
-
-
-def _static_sample_rate(batch: Batch) -> int | None:
-    """The batch's ``sample_rate`` when known on the host (not a traced value), else None."""
-    rate = batch.get("sample_rate")
-    if rate is None or isinstance(rate, jax.core.Tracer):
-        return None
-    return int(np.asarray(rate).reshape(-1)[0])
 
 
 class OnsetsFrames(TranscriptionModel):
@@ -338,7 +328,7 @@ class OnsetsFrames(TranscriptionModel):
     def _audio(self, batch: Batch) -> jax.Array:
         if "audio_bs" not in batch:
             raise ValueError(f"Onsets and Frames batches need 'audio_bs'; got {sorted(batch)}")
-        rate = _static_sample_rate(batch)
+        rate = static_sample_rate(batch)
         if rate is not None and rate != self.sample_rate:
             raise ValueError(
                 f"Onsets and Frames expects audio at {self.sample_rate} Hz, got {rate} Hz; "

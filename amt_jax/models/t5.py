@@ -14,7 +14,6 @@ The log-mel front end runs inside the model call on raw 16 kHz audio (``audio_bs
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,6 +129,42 @@ def _residual_dropout(config: MT3Config, rngs: nnx.Rngs) -> layers.Dropout:
     )
 
 
+def _norm(config: MT3Config, rngs: nnx.Rngs) -> layers.RMSNorm:
+    """T5's pre-norm (and final norm) of the d_model features."""
+    return layers.RMSNorm(
+        config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **_dtypes(config)
+    )
+
+
+def _attention(
+    config: MT3Config, rngs: nnx.Rngs, *, q_axis: str, kv_axis: str
+) -> layers.MultiHeadAttention:
+    """Self- or cross-attention; the axes name the query and key sequences (time or length)."""
+    return layers.MultiHeadAttention(
+        config.emb_dim,
+        config.num_heads,
+        config.head_dim,
+        dropout_rate=config.dropout_rate,
+        q_axis=q_axis,
+        kv_axis=kv_axis,
+        kernels=config.kernels,
+        rngs=rngs,
+        **_dtypes(config),
+    )
+
+
+def _mlp(config: MT3Config, rngs: nnx.Rngs, *, seq_axis: str) -> layers.GatedGeluMlp:
+    return layers.GatedGeluMlp(
+        config.emb_dim,
+        config.mlp_dim,
+        dropout_rate=config.dropout_rate,
+        seq_axis=seq_axis,
+        kernels=config.kernels,
+        rngs=rngs,
+        **_dtypes(config),
+    )
+
+
 def _positions(config: MT3Config, length: int) -> jax.Array:
     table = layers.sinusoidal_positions(config.max_position, config.emb_dim)
     return jnp.asarray(table[:length])
@@ -139,32 +174,10 @@ class EncoderLayer(nnx.Module):
     """Pre-norm self-attention and gated-GELU MLP blocks with residual dropout."""
 
     def __init__(self, config: MT3Config, *, rngs: nnx.Rngs):
-        dtypes = _dtypes(config)
-        norm = functools.partial(
-            layers.RMSNorm, config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **dtypes
-        )
-        self.pre_attention_layer_norm = norm()
-        self.attention = layers.MultiHeadAttention(
-            config.emb_dim,
-            config.num_heads,
-            config.head_dim,
-            dropout_rate=config.dropout_rate,
-            q_axis="time",
-            kv_axis="time",
-            kernels=config.kernels,
-            rngs=rngs,
-            **dtypes,
-        )
-        self.pre_mlp_layer_norm = norm()
-        self.mlp = layers.GatedGeluMlp(
-            config.emb_dim,
-            config.mlp_dim,
-            dropout_rate=config.dropout_rate,
-            seq_axis="time",
-            kernels=config.kernels,
-            rngs=rngs,
-            **dtypes,
-        )
+        self.pre_attention_layer_norm = _norm(config, rngs)
+        self.attention = _attention(config, rngs, q_axis="time", kv_axis="time")
+        self.pre_mlp_layer_norm = _norm(config, rngs)
+        self.mlp = _mlp(config, rngs, seq_axis="time")
         self.dropout = _residual_dropout(config, rngs)
 
     def __call__(self, x_btd: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
@@ -182,34 +195,12 @@ class DecoderLayer(nnx.Module):
     """Pre-norm causal self-attention, cross-attention and MLP blocks."""
 
     def __init__(self, config: MT3Config, *, rngs: nnx.Rngs):
-        dtypes = _dtypes(config)
-        norm = functools.partial(
-            layers.RMSNorm, config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **dtypes
-        )
-        attention = functools.partial(
-            layers.MultiHeadAttention,
-            config.emb_dim,
-            config.num_heads,
-            config.head_dim,
-            dropout_rate=config.dropout_rate,
-            kernels=config.kernels,
-            rngs=rngs,
-            **dtypes,
-        )
-        self.pre_self_attention_layer_norm = norm()
-        self.self_attention = attention(q_axis="length", kv_axis="length")
-        self.pre_cross_attention_layer_norm = norm()
-        self.encoder_decoder_attention = attention(q_axis="length", kv_axis="time")
-        self.pre_mlp_layer_norm = norm()
-        self.mlp = layers.GatedGeluMlp(
-            config.emb_dim,
-            config.mlp_dim,
-            dropout_rate=config.dropout_rate,
-            seq_axis="length",
-            kernels=config.kernels,
-            rngs=rngs,
-            **dtypes,
-        )
+        self.pre_self_attention_layer_norm = _norm(config, rngs)
+        self.self_attention = _attention(config, rngs, q_axis="length", kv_axis="length")
+        self.pre_cross_attention_layer_norm = _norm(config, rngs)
+        self.encoder_decoder_attention = _attention(config, rngs, q_axis="length", kv_axis="time")
+        self.pre_mlp_layer_norm = _norm(config, rngs)
+        self.mlp = _mlp(config, rngs, seq_axis="length")
         self.dropout = _residual_dropout(config, rngs)
 
     def _cross_and_mlp(
@@ -294,9 +285,7 @@ class Encoder(nnx.Module):
         self.layers = nnx.List(
             [EncoderLayer(config, rngs=rngs) for _ in range(config.num_encoder_layers)]
         )
-        self.encoder_norm = layers.RMSNorm(
-            config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **dtypes
-        )
+        self.encoder_norm = _norm(config, rngs)
         self.dropout = _residual_dropout(config, rngs)
         # MT3 drops the final encodings element-wise (no shared mask); no RNG stream of
         # its own: it draws from ``dropout``'s, so the model state is one stream as before
@@ -324,9 +313,7 @@ class Decoder(nnx.Module):
         self.layers = nnx.List(
             [DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)]
         )
-        self.decoder_norm = layers.RMSNorm(
-            config.emb_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **dtypes
-        )
+        self.decoder_norm = _norm(config, rngs)
         self.dropout = _residual_dropout(config, rngs)
         # untied output projection, computed in float32 whatever the activation dtype
         self.logits_dense = layers.DenseGeneral(
@@ -533,7 +520,7 @@ class MT3Model(TranscriptionModel):
     def predict(
         self, batch: Batch, *, max_length: int | None = None, use_cache: bool = True
     ) -> dict[str, jax.Array]:
-        """Greedy token ids ``tokens_bl`` [batch, max_length] (EOS kept, PAD after it)."""
+        """``tokens``: greedy token ids [batch, max_length] (EOS kept, PAD after it)."""
         max_length = self.config.targets_length if max_length is None else max_length
         if not 0 < max_length <= self.config.max_position:
             raise ValueError(
@@ -542,15 +529,16 @@ class MT3Model(TranscriptionModel):
         encoded_btd = self.encode(self.spectrogram(batch), deterministic=True)
         decode = decoding.greedy_decode if use_cache else decoding.greedy_decode_uncached
         tokens_bl = decode(self, encoded_btd, max_length=max_length, eos_id=self.config.eos_id)
-        return {"tokens_bl": tokens_bl}
+        return {"tokens": tokens_bl}
 
     def segment(self, audio_s: np.ndarray) -> Segments:
         """Consecutive 2.048 s segments (the last zero-padded), as MT3 infers."""
         return consecutive_segments(len(audio_s), self.segment_samples, self.sample_rate)
 
     def stitch(self, outputs: Mapping[str, np.ndarray], *, num_samples: int) -> dict[str, Any]:
+        """``tokens`` [segments, length]: the windows' rows are already one per segment."""
         del num_samples
-        return {"tokens": np.asarray(outputs["tokens_bl"])}
+        return {"tokens": np.asarray(outputs["tokens"])}
 
     def outputs_to_notes(
         self,
@@ -575,9 +563,9 @@ class MT3Model(TranscriptionModel):
                 f"vocabulary {vocabulary.layout!r} needs {vocabulary.num_embeddings} embedding "
                 f"rows but the model has {self.config.vocab_size} (MT3Config.vocab_size)"
             )
-        tokens_bl = np.asarray(outputs["tokens_bl"])
+        tokens_bl = np.asarray(outputs["tokens"])
         if tokens_bl.ndim != 2:
-            raise ValueError(f"outputs_to_notes: tokens_bl must be 2-D, got {tokens_bl.shape}")
+            raise ValueError(f"outputs_to_notes: tokens must be 2-D, got {tokens_bl.shape}")
         notes, stats = note_events.decode_segments(
             list(tokens_bl), np.asarray(start_times), self.config.vocabulary
         )

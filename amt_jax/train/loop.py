@@ -24,7 +24,7 @@ from amt_jax.models import checkpoints, families
 from amt_jax.partitioning import axes
 from amt_jax.partitioning import mesh as mesh_lib
 from amt_jax.partitioning import rules as rules_lib
-from amt_jax.train import evaluation, summaries
+from amt_jax.train import evaluation, summaries, train_state
 from amt_jax.train.optimizers import Optimizer
 from amt_jax.train.trainer import ModelFactory, ParamProjection, Trainer, measure_matmul_peak
 
@@ -165,6 +165,11 @@ def train(
             if restored.data_state:
                 data_iter.restore(restored.data_state)
             logging.info("Resuming from step %d", start_step)
+    logging.info(
+        "%s: %s trainable parameters",
+        type(trainer.abstract_model).__name__,
+        f"{train_state.count_params(state.params):,}",
+    )
 
     evaluator = None
     if eval_tracks is not None:

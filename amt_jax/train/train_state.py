@@ -25,4 +25,5 @@ class TrainState:
 
 
 def count_params(params: dict[str, Any]) -> int:
+    """Number of trainable values (the training loop logs it at startup)."""
     return sum(int(x.size) for x in jax.tree.leaves(params))

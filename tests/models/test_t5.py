@@ -208,7 +208,7 @@ def test_overfit_one_batch_then_greedy_decode_reproduces_targets():
     assert losses[-1] < 0.05 * losses[0], losses[::10]
     assert float(metrics["accuracy"]) == 1.0
 
-    tokens = nnx.jit(lambda model, batch: model.predict(batch, max_length=8)["tokens_bl"])(
+    tokens = nnx.jit(lambda model, batch: model.predict(batch, max_length=8)["tokens"])(
         model, {"inputs_btf": batch["inputs_btf"]}
     )
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(targets))
@@ -236,7 +236,7 @@ def test_audio_front_end_runs_inside_the_model(tiny_model):
     assert loss.shape == () and metrics["accuracy"].shape == ()
     tokens = nnx.eval_shape(
         lambda model, batch: model.predict(batch, max_length=16), tiny_model, batch
-    )["tokens_bl"]
+    )["tokens"]
     assert tokens.shape == (2, 16) and tokens.dtype == jnp.int32
 
 
@@ -260,7 +260,7 @@ def test_outputs_to_notes_decodes_token_segments():
         row[: len(segment)] = segment
     start_times = model.segment(np.zeros(2 * 32768 - 5, np.float32)).start_times
     notes, stats = model.outputs_to_notes(
-        {"tokens_bl": tokens_bl}, num_samples=2 * 32768 - 5, start_times=start_times
+        {"tokens": tokens_bl}, num_samples=2 * 32768 - 5, start_times=start_times
     )
     assert stats["segments"] == 2
     got = sorted((n.pitch, n.program, n.is_drum, n.start_time, n.end_time) for n in notes.notes)
@@ -272,7 +272,7 @@ def test_outputs_to_notes_decodes_token_segments():
         lambda: MT3Model.from_config(MT3Config.tiny(vocab_size=640), rngs=nnx.Rngs(0))
     )
     with pytest.raises(ValueError, match="'mt3' needs 1536 embedding rows but the model has 640"):
-        small.outputs_to_notes({"tokens_bl": tokens_bl}, num_samples=1, start_times=[0.0, 2.048])
+        small.outputs_to_notes({"tokens": tokens_bl}, num_samples=1, start_times=[0.0, 2.048])
 
 
 def test_mt3_decodes_with_the_vocabulary_it_trains_on():
@@ -299,7 +299,7 @@ def test_mt3_decodes_with_the_vocabulary_it_trains_on():
         ]
     )
     notes, _ = model.outputs_to_notes(
-        {"tokens_bl": tokens_bl}, num_samples=len(audio), start_times=segments.start_times
+        {"tokens": tokens_bl}, num_samples=len(audio), start_times=segments.start_times
     )
     assert len(notes.notes) == 40
     assert transcription.track_metrics(reference, notes)["Onset F1"] == pytest.approx(1.0)
@@ -313,7 +313,7 @@ def test_activation_constraints_lower_on_data_model_mesh(tiny_model):
 
     def loss_and_tokens(state, batch):
         model = nnx.merge(graphdef, state)
-        tokens = model.predict({"inputs_btf": batch["inputs_btf"]}, max_length=8)["tokens_bl"]
+        tokens = model.predict({"inputs_btf": batch["inputs_btf"]}, max_length=8)["tokens"]
         return model.loss(batch)[0], tokens
 
     with jax.set_mesh(mesh):
