@@ -24,6 +24,10 @@ compiled for); the forms and the choice live in :mod:`amt_jax.models.nmp_convs`.
 
 ``NMPConfig.dtype = "bfloat16"`` runs every conv and the CQT's matmuls with bfloat16
 operands (float32 accumulation and parameters); sigmoids and losses stay float32.
+
+Around the network: Basic Pitch's sizes come from :mod:`amt_jax.audio.basic_pitch_constants`,
+its windowing and stitching of long audio from :mod:`amt_jax.models.nmp_windows`, and its
+note creation from :mod:`amt_jax.notes.basic_pitch`.
 """
 
 from __future__ import annotations
