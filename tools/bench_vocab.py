@@ -2,7 +2,7 @@
 
 Usage: python tools/bench_vocab.py [--notes 50000] [--hours 1]
 
-Issue 3's goal: encoding 1 hour of dense multi-instrument notes (50k notes) into 2.048 s
+Goal: encoding 1 hour of dense multi-instrument notes (50k notes) into 2.048 s
 segments takes < 10 s on the 2-core machine. The "peer" here is the real-time budget:
 the ratio printed is audio duration / encode time.
 """

@@ -225,3 +225,120 @@ def dropout(
     for dim in broadcast_dims:
         mask_shape[dim] = 1
     return apply_keep_mask(inputs, keep_mask(key, tuple(mask_shape), rate), rate)
+
+
+# --- 2-D convolution with a per-tap GEMM weight gradient -------------------------------------
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    **kwargs,
+) -> jax.Array:
+    """Drop-in for ``lax.conv_general_dilated`` (e.g. ``nnx.Conv(conv_general_dilated=...)``)
+    whose kernel gradient is one GEMM per kernel tap for plain NHWC / HWIO 2-D convs.
+
+    XLA:CPU computes the weight gradient of a 3x3 conv with 48-96 channels at a tenth of
+    its forward rate: in a full-size Onsets and Frames step those gradients took ~60 % of
+    the time. Here the value and the input gradient are XLA's own; the kernel gradient is
+    ``sum_{b,t,f} x[b, t + dt, f + df, :] g[b, t, f, :]`` for each tap (dt, df), a
+    [c_in, b t f] x [b t f, c_out] GEMM (~2x faster, measured in isolation). Other convs
+    (strides, dilations, groups, other layouts) go to ``lax.conv_general_dilated``.
+    """
+    plain = (
+        all(s == 1 for s in window_strides)
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and feature_group_count == 1
+        and lhs.ndim == 4
+        and kwargs.get("out_sharding") is None
+        and _is_nhwc_hwio(dimension_numbers, lhs.ndim)
+    )
+    if not plain:
+        return jax.lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            **kwargs,
+        )
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _tap_gemm_conv(lhs, rhs, pads, precision, preferred_element_type)
+
+
+def _is_nhwc_hwio(dimension_numbers, ndim: int) -> bool:
+    if dimension_numbers is None:
+        return False
+    numbers = jax.lax.conv_dimension_numbers(
+        (1,) * ndim, (1,) * ndim, dimension_numbers
+    )  # normalises strings and ConvDimensionNumbers alike
+    return numbers == jax.lax.conv_dimension_numbers(
+        (1,) * ndim, (1,) * ndim, ("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _nhwc_conv(x, kernel, pads, precision, preferred_element_type):
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _tap_gemm_conv(x, kernel, pads, precision, preferred_element_type):
+    return _nhwc_conv(x, kernel, pads, precision, preferred_element_type)
+
+
+def _tap_gemm_conv_fwd(x, kernel, pads, precision, preferred_element_type):
+    return _nhwc_conv(x, kernel, pads, precision, preferred_element_type), (x, kernel)
+
+
+def _tap_gemm_conv_bwd(pads, precision, preferred_element_type, residuals, grad_bhwo):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(
+        lambda x: _nhwc_conv(x, kernel, pads, precision, preferred_element_type), x
+    )
+    (grad_x,) = input_vjp(grad_bhwo)
+    kernel_h, kernel_w, channels_in, channels_out = kernel.shape
+    height, width = grad_bhwo.shape[1:3]
+    (lo_h, hi_h), (lo_w, hi_w) = pads  # negative pads crop
+    zero = jnp.zeros((), x.dtype)
+    padded = jax.lax.pad(x, zero, ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+    grad_rows = grad_bhwo.reshape(-1, channels_out).astype(x.dtype)
+    taps = [
+        jnp.einsum(
+            "nc,no->co",
+            padded[:, dh : dh + height, dw : dw + width].reshape(-1, channels_in),
+            grad_rows,
+            precision=precision,
+            preferred_element_type=jnp.float32,
+        )
+        for dh in range(kernel_h)
+        for dw in range(kernel_w)
+    ]
+    grad_kernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+    return grad_x, grad_kernel
+
+
+_tap_gemm_conv.defvjp(_tap_gemm_conv_fwd, _tap_gemm_conv_bwd)
