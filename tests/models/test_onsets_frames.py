@@ -204,3 +204,15 @@ def test_bad_inputs_raise_clear_errors():
     batch["frame_btp"] = batch["frame_btp"][:, :5]
     with pytest.raises(ValueError, match="frame_btp"):
         model.loss(batch)
+
+
+def test_output_bias_prior_sets_the_sigmoid_heads_biases():
+    config = dataclasses.replace(of.ONSETS_FRAMES_TINY, output_bias_prior=0.01)
+    model = of.OnsetsFrames(config, rngs=nnx.Rngs(0))
+    for head in (model.onset_out, model.offset_out, model.frame_out, model.activation_out):
+        np.testing.assert_allclose(jax.nn.sigmoid(head.bias[...]), 0.01, rtol=1e-5)
+    assert float(jnp.abs(model.velocity_out.bias[...]).max()) == 0.0  # linear head untouched
+    default = of.OnsetsFrames(of.ONSETS_FRAMES_TINY, rngs=nnx.Rngs(0))
+    assert float(jnp.abs(default.onset_out.bias[...]).max()) == 0.0  # magenta's zero init
+    with pytest.raises(ValueError, match="output_bias_prior must be a probability"):
+        dataclasses.replace(of.ONSETS_FRAMES_TINY, output_bias_prior=1.5)
