@@ -76,6 +76,14 @@ def parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, bindings
 
 
+def configure_logging() -> None:
+    """The trainer's own progress at INFO; tfds' and orbax's per-call absl INFO lines (a
+    CheckpointManager's whole options repr, each dataset read) only from WARNING up."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
 def parse_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> None:
     """Parse gin files and bindings; every gin error becomes a one-line :class:`ConfigError`."""
     import gin
@@ -131,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir:
         print("error: --workdir is required", file=sys.stderr)
         return 2
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger().setLevel(logging.INFO)
+    configure_logging()
     if args.retain_freed_heap and not heap_retained:
         reason = heap.default_backend_is_cpu()[1]
         logging.info("C heap left as is (retaining is for glibc CPU training; %s)", reason)

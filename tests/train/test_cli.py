@@ -106,3 +106,12 @@ def test_bad_mesh_and_batch_are_one_line_errors(capsys, tmp_path, override, mess
     argv = ["--gin_file=mt3.gin", "--gin_file=tiny/mt3.gin", override, f"--workdir={tmp_path}"]
     assert message in one_line_error(capsys, argv, 1)
     assert os.path.exists(tmp_path / "config.gin")
+
+
+def test_library_info_chatter_is_hidden_but_the_trainers_progress_is_not():
+    import logging
+
+    main_lib.configure_logging()
+    assert logging.getLogger().isEnabledFor(logging.INFO)
+    assert not logging.getLogger("absl").isEnabledFor(logging.INFO)  # tfds / orbax
+    assert logging.getLogger("absl").isEnabledFor(logging.WARNING)
