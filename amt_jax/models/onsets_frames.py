@@ -167,13 +167,24 @@ class ConvStack(nnx.Module):
         for conv, norm, dropout, pool in zip(self.convs, self.norms, self.dropouts, self.pool):
             x = jax.nn.relu(norm(conv(x), use_running_average=deterministic))
             if pool:
-                x = nnx.max_pool(x, window_shape=(1, 2), strides=(1, 2), padding="VALID")
+                x = max_pool_frequency_pairs(x)
             if dropout.rate > 0:
                 x = dropout(x, deterministic=deterministic)
         x = x.reshape(x.shape[:2] + (-1,))
         x = jax.nn.relu(self.dense(x))
         x = self.dense_dropout(x, deterministic=deterministic)
         return constrain(x, ("batch", "time", "mlp"))
+
+
+def max_pool_frequency_pairs(x_btfc: jax.Array) -> jax.Array:
+    """Max over adjacent frequency pairs, an odd last bin dropped (magenta's [1, 2] VALID
+    max-pool), as a reshape and a max: its gradient is one select, where a reduce-window
+    pool's backward is a select-and-scatter that XLA expands into full-size index arrays
+    (~10 % of the O&F train step on CPU)."""
+    batch, time, freq, channels = x_btfc.shape
+    pairs = freq // 2
+    x_btfc = x_btfc[:, :, : 2 * pairs]
+    return jnp.max(x_btfc.reshape(batch, time, pairs, 2, channels), axis=3)
 
 
 class LSTM(nnx.Module):

@@ -216,3 +216,19 @@ def test_output_bias_prior_sets_the_sigmoid_heads_biases():
     assert float(jnp.abs(default.onset_out.bias[...]).max()) == 0.0  # magenta's zero init
     with pytest.raises(ValueError, match="output_bias_prior must be a probability"):
         dataclasses.replace(of.ONSETS_FRAMES_TINY, output_bias_prior=1.5)
+
+
+def test_frequency_pair_pool_is_magentas_valid_max_pool_forward_and_backward():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 229, 3))  # odd bins: the last is dropped
+    weights = jax.random.normal(jax.random.key(1), (2, 5, 114, 3))
+
+    def pooled(pool):
+        return lambda x: jnp.sum(pool(jax.nn.relu(x)) * weights)
+
+    def reference(x):
+        return nnx.max_pool(x, window_shape=(1, 2), strides=(1, 2), padding="VALID")
+
+    np.testing.assert_array_equal(of.max_pool_frequency_pairs(x), reference(x))
+    np.testing.assert_array_equal(
+        jax.grad(pooled(of.max_pool_frequency_pairs))(x), jax.grad(pooled(reference))(x)
+    )
