@@ -249,6 +249,30 @@ class CompileReport:
         return max(self.compute_seconds, self.memory_seconds)
 
     @property
+    def bound_by(self) -> str:
+        return "compute" if self.compute_seconds >= self.memory_seconds else "HBM"
+
+    @property
+    def roofline_mfu(self) -> float:
+        """Compute time over the roofline bound: the MFU the step reaches at best."""
+        return self.compute_seconds / self.step_seconds_lower_bound
+
+    def roofline_on(self, chip: ChipSpec) -> dict[str, Any]:
+        """The same per-device program against another chip's datasheet peaks (on paper:
+        a compile for that chip would lay out and fuse differently)."""
+        compute = self.flops_per_device / chip.peak_bf16_flops
+        memory = self.bytes_accessed_per_device / chip.hbm_bytes_per_second
+        bound = max(compute, memory)
+        return {
+            "chip": chip.name,
+            "compute_seconds": compute,
+            "memory_seconds": memory,
+            "bound_seconds": bound,
+            "bound_by": "compute" if compute >= memory else "HBM",
+            "roofline_mfu": compute / bound,
+        }
+
+    @property
     def global_flops(self) -> float:
         return self.flops_per_device * self.num_devices
 
@@ -284,6 +308,8 @@ class CompileReport:
             f"{self.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 peak, "
             f"HBM {self.memory_seconds * 1e3:.3g} ms at "
             f"{self.chip.hbm_bytes_per_second / 1e9:.0f} GB/s)",
+            f"  roofline MFU       {self.roofline_mfu:.2f} ({self.bound_by}-bound: compute time "
+            "/ the bound)",
             f"  lower / compile    {self.lower_seconds:.1f} s / {self.compile_seconds:.1f} s",
         ]
         return "\n".join(lines)
@@ -384,7 +410,8 @@ def plan_rows(
     """Steps/s and days to ``steps`` on other slices, from the compiled total FLOPs.
 
     On paper: the step's total FLOPs spread evenly over the chips at ``mfu`` of the dense
-    bf16 peak (and never faster than the compiled HBM-traffic bound, scaled by chip count).
+    bf16 peak, or the compiled HBM-traffic bound (scaled by chip count) where that is
+    slower; ``bound_by`` says which set the row's step time.
     ``examples_per_chip`` below 1 flags a row the global batch cannot fill (e.g. O&F's
     batch 8 on 64 chips): its even spread is not reachable by data parallelism alone.
     """
@@ -393,10 +420,12 @@ def plan_rows(
         chip = CHIPS[chip_key]
         compute = report.global_flops / (count * chip.peak_bf16_flops * mfu)
         traffic = report.bytes_accessed_per_device * report.num_devices / count
-        step = max(compute, traffic / chip.hbm_bytes_per_second)
+        memory = traffic / chip.hbm_bytes_per_second
+        step = max(compute, memory)
         rows.append(
             {
                 "system": name,
+                "bound_by": f"compute at {mfu:.0%} MFU" if compute >= memory else "HBM roofline",
                 "chip": chip.name,
                 "peak_tflops": chip.peak_bf16_flops / 1e12,
                 "step_seconds": step,

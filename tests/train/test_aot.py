@@ -6,6 +6,7 @@ docs/benchmarks.md.
 """
 
 import os
+import re
 import sys
 
 import gin
@@ -232,3 +233,69 @@ def test_golden_full_mt3_state_shardings_on_16_devices(mesh_shape):
     batch = aot.abstract_batch(trainer, aot.example_features(trainer.abstract_model), 256)
     assert batch["audio_bs"].sharding.shard_shape((256, 32768)) == (256 // mesh_shape[0], 32768)
     assert batch["targets_bl"].sharding.shard_shape((256, 1024)) == (256 // mesh_shape[0], 1024)
+
+
+def _report(flops: float, traffic: float) -> aot.CompileReport:
+    return aot.CompileReport(
+        label="paper",
+        chip=aot.CHIPS["v5e"],
+        num_devices=16,
+        mesh_shape={"data": 16, "model": 1},
+        global_batch_size=256,
+        microbatches=1,
+        param_count=1,
+        param_dtypes=("float32",),
+        argument_bytes=0,
+        output_bytes=0,
+        alias_bytes=0,
+        temp_bytes=0,
+        code_bytes=0,
+        flops_per_device=flops,
+        bytes_accessed_per_device=traffic,
+        lower_seconds=0.0,
+        compile_seconds=0.0,
+    )
+
+
+def test_roofline_is_compute_over_the_bound_on_each_chips_peaks():
+    # 3.67 TFLOP and 106.9 GiB per device: the fp32 MT3 step of the accelerator issue
+    report = _report(3.67e12, 106.9 * aot.GIB)
+    assert report.compute_seconds == pytest.approx(3.67e12 / 197e12)
+    assert report.memory_seconds == pytest.approx(106.9 * aot.GIB / 819e9)
+    assert report.bound_by == "HBM"
+    assert report.roofline_mfu == pytest.approx(report.compute_seconds / report.memory_seconds)
+    assert 0.12 < report.roofline_mfu < 0.14
+    v6e = report.roofline_on(aot.CHIPS["v6e"])
+    assert v6e["bound_seconds"] == pytest.approx(106.9 * aot.GIB / 1640e9)
+    assert v6e["roofline_mfu"] == pytest.approx((3.67e12 / 918e12) / v6e["bound_seconds"])
+    compute_bound = _report(3.67e12, 1 * aot.GIB)
+    assert compute_bound.bound_by == "compute" and compute_bound.roofline_mfu == 1.0
+    assert "roofline MFU       0.13 (HBM-bound" in report.format()
+
+
+def test_plan_rows_say_what_bounds_them():
+    memory_bound = aot.plan_rows(_report(3.67e12, 106.9 * aot.GIB), mfu=0.4)
+    assert {row["bound_by"] for row in memory_bound} == {"HBM roofline"}
+    compute_bound = aot.plan_rows(_report(3.67e12, 0.1 * aot.GIB), mfu=0.4)
+    assert {row["bound_by"] for row in compute_bound} == {"compute at 40% MFU"}
+
+
+@needs_libtpu
+def test_cli_prints_the_roofline_and_compares_two_variants(capsys, v5e_2x2):
+    code = aot_compile.main(
+        [
+            "--gin_file=mt3.gin",
+            "--gin_file=tiny/mt3.gin",
+            "--topology=v5e:2x2",
+            "--compare",
+            "MT3Config.dtype='bfloat16'",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for chip in ("v5e", "v5p", "v6e"):
+        assert sum(line.lstrip().startswith(chip + " ") for line in out.splitlines()) == 2
+    assert len(re.findall(r"roofline MFU +\d\.\d\d \((compute|HBM)-bound", out)) == 2
+    table = out[out.index("Side by side on TPU v5e") :]
+    assert "HBM traffic per device (GiB)" in table and "ratio" in table
+    assert "bound by" in out  # the plan says what bounds each row
