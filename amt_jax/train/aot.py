@@ -26,34 +26,14 @@ import numpy as np
 from amt_jax.partitioning import mesh as mesh_lib
 from amt_jax.partitioning import rules as rules_lib
 from amt_jax.train import loop
+from amt_jax.train.chips import CHIPS, GIB, ChipSpec
 from amt_jax.train.optimizers import Optimizer
 from amt_jax.train.trainer import ModelFactory, Trainer
-
-GIB = 1024**3
 
 
 class AOTError(ValueError):
     """A one-line, user-facing problem: bad topology, mesh, batch, or a step that does not fit."""
 
-
-@dataclasses.dataclass(frozen=True)
-class ChipSpec:
-    """Datasheet numbers of one accelerator chip (one JAX device)."""
-
-    name: str
-    peak_bf16_flops: float  # dense bf16 matmul FLOP/s
-    hbm_bytes: float
-    hbm_bytes_per_second: float
-
-
-#: Public datasheet peaks (dense bf16, no sparsity). One JAX device = one chip for these.
-CHIPS: dict[str, ChipSpec] = {
-    "v4": ChipSpec("TPU v4", 275e12, 32 * GIB, 1228e9),
-    "v5e": ChipSpec("TPU v5e", 197e12, 16 * GIB, 819e9),
-    "v5p": ChipSpec("TPU v5p", 459e12, 95 * GIB, 2765e9),
-    "v6e": ChipSpec("TPU v6e", 918e12, 32 * GIB, 1640e9),
-    "h100": ChipSpec("NVIDIA H100 SXM", 989e12, 80e9, 3.35e12),
-}
 
 _TOPOLOGY_RE = re.compile(r"^(v\d+[a-z]*):(\d+(?:x\d+){1,2})$")
 
@@ -82,8 +62,8 @@ def topology_devices(topology: str) -> tuple[ChipSpec, list[jax.Device]]:
             f"Bad topology name {topology!r}; expected e.g. 'v5e:2x2', 'v5e:4x4', 'v4:2x2x2'."
         )
     generation = match.group(1)
-    if generation not in CHIPS or generation == "h100":
-        known = sorted(k for k in CHIPS if k != "h100")
+    if generation not in CHIPS or not generation.startswith("v"):
+        known = sorted(k for k in CHIPS if k.startswith("v"))
         raise AOTError(f"Unknown TPU generation {generation!r} in {topology!r}; known: {known}.")
     if not libtpu_available():
         raise AOTError(

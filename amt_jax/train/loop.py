@@ -25,6 +25,7 @@ from amt_jax.partitioning import axes
 from amt_jax.partitioning import mesh as mesh_lib
 from amt_jax.partitioning import rules as rules_lib
 from amt_jax.train import evaluation, summaries, train_state
+from amt_jax.train.chips import chip_for_device_kind
 from amt_jax.train.optimizers import Optimizer
 from amt_jax.train.trainer import ModelFactory, ParamProjection, Trainer, measure_matmul_peak
 
@@ -57,6 +58,30 @@ class TrainResult:
 
 def _host_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(np.asarray(value)) for name, value in jax.device_get(metrics).items()}
+
+
+def mfu_denominator(device: jax.Device | None = None) -> float:
+    """Peak FLOP/s of one device for MFU: the published dense bf16 peak of a known
+    accelerator (a timed matmul on an H100 measures launch overhead, not the chip), else a
+    timed 1024^3 float32 matmul (CPUs, unlisted devices)."""
+    device = device or jax.local_devices()[0]
+    chip = chip_for_device_kind(device.device_kind)
+    if chip is not None:
+        logging.info(
+            "MFU against the %s's published dense bf16 peak, %.0f TFLOP/s",
+            chip.name,
+            chip.peak_bf16_flops / 1e12,
+        )
+        return chip.peak_bf16_flops
+    peak = measure_matmul_peak()
+    logging.info(
+        "MFU against a timed 1024^3 float32 matmul on %s (%s, no published peak known): "
+        "%.0f GFLOP/s",
+        device.platform,
+        device.device_kind,
+        peak / 1e9,
+    )
+    return peak
 
 
 def train(
@@ -212,7 +237,7 @@ def train(
         writer.scalars(step, {f"eval/{name}": value for name, value in results.items()})
         return results
 
-    peak_flops = measure_matmul_peak() if measure_mfu else None
+    peak_flops = mfu_denominator() if measure_mfu else None
     step_flops = None
     losses: list[float] = []
     interval: dict[str, float] = {}
