@@ -1,18 +1,37 @@
 """NoteSequence <-> per-segment token ids (MT3 note encoding with tie sections).
 
-Encoding (``encode_note_sequence``), per track:
+Encoding (``encode_note_sequence``) produces MT3's targets token for token. Per track:
 1. sustain pedal applied (note_seq), programs mapped to the layout's granularity;
-2. times quantised to steps (``round(t * sps)``); a non-drum note lasts at least 1 step;
-3. same-(program, pitch) overlaps trimmed in step space (a note ends where the next one
-   starts; two onsets in one step merge into the longer note) -- MT3 trims in seconds
-   before quantising, which can still leave undecodable collisions, this cannot;
-4. events sorted by step, offsets before onsets, then ``(is_drum, program, pitch)``.
+2. overlaps trimmed in seconds as MT3's ``trim_overlapping_notes`` does: per channel
+   ((program, pitch); drums: (their program, pitch)) in order of start time, a note still
+   sounding when the next one starts ends there, and a note left without length (the
+   next starts at the very same time) is dropped. So of two onsets in one step the
+   earlier note ends at the later onset and the later note keeps its own end;
+3. times quantised to steps with ``round(t * sps)``;
+4. events in MT3's order: every pitched offset, then every onset, each part sorted by
+   ``(is_drum, program, pitch)``, then a stable sort by exact time. Inside a 10 ms step,
+   events at different times come in time order (an onset at 1.001 s before an offset
+   at 1.004 s) and only events at the same time are offsets first, then by key.
    Non-drum: ``[program] [velocity bin | 0 for off] [pitch]``; drum: ``[velocity] [drum]``
    (no program, no offset); no program tokens at ``flat`` granularity;
 5. per segment ``[start, start + segment_seconds)``: the tie section (``[program] pitch``
    for every note sounding at the segment's first step, sorted by (program, pitch), then
    ``tie``), the segment's events with shifts absolute from the segment's first step,
    redundant velocity/program tokens removed, ids = index + 3, EOS appended.
+
+Where MT3 is wrong or stops, amt_jax differs on purpose (docs/vocabulary.md):
+- a zero-length note lasts one step (MT3's ``validate_note_sequence`` rejects it) and a
+  track without notes gives ``[tie, EOS]`` segments (MT3 finds no state events to slice
+  a tie section from);
+- a segment after the last event lists the notes sounding at its start; MT3 reuses the
+  state from before the last event's step, so it re-declares (ties) a note that ended on
+  the track's last step in every trailing segment;
+- segment edges and the decoder's cap compare integer steps; MT3's decoder compares
+  seconds (``start + shift / 100 > next start``), and float error drops an event that
+  lands exactly on the next segment's start (e.g. at 12.28 s, after 10.24 s + 2.04 s);
+- at ``midi_class``/``flat`` granularity overlaps are trimmed per mapped program (MT3
+  maps the finished tokens, which can leave two sounding notes on one token channel);
+  the order inside a step and in tie sections still uses the notes' own programs, as MT3.
 
 Decoding (``decode_segments``) keeps one state across all segments of a track, as MT3:
 undeclared active notes end at the tie token (= segment start), a note-on for an active
@@ -66,9 +85,9 @@ class EncodeStats:
 
     num_notes: int = 0
     num_drum_notes: int = 0
-    lengthened_to_one_step: int = 0  # non-drum notes shorter than one step after rounding
-    merged_same_onset: int = 0  # same (program, pitch) onsets in one step, merged into one
-    trimmed_overlaps: int = 0  # notes ended early at the next same-(program, pitch) onset
+    lengthened_to_one_step: int = 0  # non-drum notes of zero length or inside one step
+    merged_same_onset: int = 0  # notes dropped: the next of their channel starts with them
+    trimmed_overlaps: int = 0  # non-drum notes ended early at the next same-channel onset
     zero_velocity_notes: int = 0  # velocity 0 (would read as note-off), encoded as bin 1
     events_outside_segments: int = 0  # events after the last requested segment
 
@@ -110,14 +129,17 @@ class DecodeStats:
 
 @dataclasses.dataclass
 class PreparedNotes:
-    """Quantised, trimmed notes in steps (what the token stream can represent exactly)."""
+    """Trimmed notes in steps, plus the exact times and programs that order a step's events."""
 
     onset_step: np.ndarray
     offset_step: np.ndarray  # ignored for drums
     pitch: np.ndarray
     velocity_bin: np.ndarray
-    program: np.ndarray  # 0 for drums
+    program: np.ndarray  # as tokenised: mapped to the granularity, 0 for drums
     is_drum: np.ndarray
+    onset_time: np.ndarray  # seconds; orders events inside a step, as MT3
+    offset_time: np.ndarray  # seconds, after trimming (zero-length: the next step's time)
+    order_program: np.ndarray  # the note's own program; MT3 sorts by it before mapping
 
 
 def segment_start_times(
@@ -135,7 +157,7 @@ def prepare_notes(
     trim_overlaps: bool = True,
     stats: EncodeStats | None = None,
 ) -> PreparedNotes:
-    """Steps 1-3 of the encoding: sustain, program map, quantise, trim (see module doc)."""
+    """Steps 1-3 of the encoding: sustain, program map, trim, quantise (see module doc)."""
     stats = stats if stats is not None else EncodeStats()
     validate_notes(ns, where="encode_note_sequence")
     if apply_sustain_pedal:
@@ -144,73 +166,89 @@ def prepare_notes(
     sps = config.steps_per_second
     is_drum = notes.is_drum
     program = np.where(is_drum, 0, map_programs(notes.program, config.program_granularity))
-    onset = np.rint(notes.start * sps).astype(np.int64)
-    offset = np.rint(notes.end * sps).astype(np.int64)
-    too_short = ~is_drum & (offset <= onset)
-    stats.lengthened_to_one_step += int(too_short.sum())
-    offset = np.where(too_short, onset + 1, offset)
+    start = np.asarray(notes.start, dtype=np.float64)
+    # A zero-length note ends on the step after its onset step (MT3 would reject it).
+    zero_length = notes.end <= start
+    one_step_end = (np.rint(start * sps) + 1) / sps
+    end = np.where(zero_length, one_step_end, np.asarray(notes.end, dtype=np.float64))
     stats.zero_velocity_notes += int((notes.velocity == 0).sum())
     velocity_bin = velocity_to_bin(np.maximum(notes.velocity, 1), config.num_velocity_bins)
     velocity_bin = np.asarray(velocity_bin, dtype=np.int64).reshape(-1)
     stats.num_notes += len(notes)
     stats.num_drum_notes += int(is_drum.sum())
 
-    prepared = PreparedNotes(onset, offset, notes.pitch, velocity_bin, program, is_drum)
+    keep = np.ones(len(notes), bool)
     if trim_overlaps:
-        prepared = _trim_in_steps(prepared, stats)
-    return prepared
-
-
-def _trim_in_steps(notes: PreparedNotes, stats: EncodeStats) -> PreparedNotes:
-    pitched = np.flatnonzero(~notes.is_drum)
-    if len(pitched) < 2:
-        return notes
-    key = notes.program[pitched] * 128 + notes.pitch[pitched]
-    onset = notes.onset_step[pitched]
-    offset = notes.offset_step[pitched]
-    order = np.lexsort((-offset, onset, key))  # by key, onset, longest first
-    pitched, key, onset, offset = pitched[order], key[order], onset[order], offset[order]
-    duplicate = np.zeros(len(pitched), bool)
-    duplicate[1:] = (key[1:] == key[:-1]) & (onset[1:] == onset[:-1])
-    stats.merged_same_onset += int(duplicate.sum())
-    keep = ~duplicate
-    pitched, key, onset, offset = pitched[keep], key[keep], onset[keep], offset[keep]
-    same_next = np.zeros(len(pitched), bool)
-    same_next[:-1] = key[1:] == key[:-1]
-    next_onset = np.empty_like(onset)
-    next_onset[:-1] = onset[1:]
-    next_onset[-1] = np.iinfo(np.int64).max
-    cut = same_next & (next_onset < offset)
-    stats.trimmed_overlaps += int(cut.sum())
-    new_offset = notes.offset_step.copy()
-    new_offset[pitched] = np.where(cut, next_onset, offset)
-    keep_notes = np.concatenate([np.flatnonzero(notes.is_drum), pitched])
-    keep_notes.sort()
+        # Drums trim within their own program, as MT3's (pitch, program, is_drum) channels.
+        channel_program = np.where(is_drum, notes.program, program)
+        channel = (is_drum * 128 + channel_program) * 128 + notes.pitch
+        end, keep = _trim_overlaps_in_seconds(start, end, channel, is_drum, stats)
+    onset_step = np.rint(start * sps).astype(np.int64)
+    offset_step = np.rint(end * sps).astype(np.int64)
+    within_one_step = keep & ~is_drum & (zero_length | (offset_step <= onset_step))
+    stats.lengthened_to_one_step += int(within_one_step.sum())
     return PreparedNotes(
-        notes.onset_step[keep_notes],
-        new_offset[keep_notes],
-        notes.pitch[keep_notes],
-        notes.velocity_bin[keep_notes],
-        notes.program[keep_notes],
-        notes.is_drum[keep_notes],
+        onset_step[keep],
+        offset_step[keep],
+        notes.pitch[keep],
+        velocity_bin[keep],
+        program[keep],
+        is_drum[keep],
+        start[keep],
+        end[keep],
+        notes.program[keep],
     )
+
+
+def _trim_overlaps_in_seconds(
+    start: np.ndarray, end: np.ndarray, channel: np.ndarray, is_drum: np.ndarray, stats
+) -> tuple[np.ndarray, np.ndarray]:
+    """MT3's ``trim_overlapping_notes``: (new ends, notes kept).
+
+    Per channel, in order of start time (ties in track order), a note that is still
+    sounding when the next one starts ends there; a note left without length (its
+    successor starts at the very same time) is dropped. So of two onsets in one step the
+    earlier note ends at the later onset and the later keeps its own end.
+    """
+    order = np.lexsort((start, channel))
+    channel_o, start_o, end_o = channel[order], start[order], end[order].copy()
+    cut_o = np.zeros(len(order), bool)
+    cut_o[:-1] = (channel_o[1:] == channel_o[:-1]) & (end_o[:-1] > start_o[1:])
+    end_o[:-1] = np.where(cut_o[:-1], start_o[1:], end_o[:-1])
+    emptied_o = cut_o & (end_o <= start_o)
+    stats.merged_same_onset += int(emptied_o.sum())
+    stats.trimmed_overlaps += int((cut_o & ~emptied_o & ~is_drum[order]).sum())
+    new_end = np.empty_like(end)
+    new_end[order] = end_o
+    keep = np.empty(len(order), bool)
+    keep[order] = ~emptied_o
+    return new_end, keep
 
 
 def _timed_events(
     notes: PreparedNotes, config: VocabularyConfig, codec
-) -> tuple[run_length.TimedEvents, np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted events + per-event (is_onset, pitched key) for the tie-section sweep."""
+) -> tuple[run_length.TimedEvents, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Events in MT3's order + per-event (is_onset, is_drum, key, tie-order key).
+
+    MT3's order: every pitched offset, then every onset, each part sorted by (is_drum,
+    program, pitch), then a stable sort by exact time. Equal times therefore keep
+    offsets first; different times inside one 10 ms step stay in time order.
+    """
     pitched = ~notes.is_drum
     n_off = int(pitched.sum())
     step = np.concatenate([notes.offset_step[pitched], notes.onset_step])
+    time = np.concatenate([notes.offset_time[pitched], notes.onset_time])
     is_onset = np.concatenate([np.zeros(n_off, bool), np.ones(len(notes.onset_step), bool)])
     is_drum = np.concatenate([np.zeros(n_off, bool), notes.is_drum])
     program = np.concatenate([notes.program[pitched], notes.program])
+    order_program = np.concatenate([notes.order_program[pitched], notes.order_program])
     pitch = np.concatenate([notes.pitch[pitched], notes.pitch])
     velocity_bin = np.concatenate([np.zeros(n_off, np.int64), notes.velocity_bin])
-    order = np.lexsort((pitch, program, is_drum, is_onset, step))
+    # Step first only guards against float ties: a step is round(time * sps), monotonic.
+    order = np.lexsort((pitch, order_program, is_drum, is_onset, time, step))
     step, is_onset, is_drum = step[order], is_onset[order], is_drum[order]
     program, pitch, velocity_bin = program[order], pitch[order], velocity_bin[order]
+    order_program = order_program[order]
 
     program_lo, _ = codec.event_type_range("program")
     velocity_lo, _ = codec.event_type_range("velocity")
@@ -225,7 +263,8 @@ def _timed_events(
     token_starts = np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int64)
     events = run_length.TimedEvents(step, token_starts, token_mat[present])
     key = program * 128 + pitch
-    return events, is_onset, is_drum, key
+    tie_order = order_program * 128 + pitch
+    return events, is_onset, is_drum, key, tie_order
 
 
 def _tie_sections(
@@ -233,14 +272,16 @@ def _tie_sections(
     is_onset: np.ndarray,
     is_drum: np.ndarray,
     key: np.ndarray,
+    tie_order: np.ndarray,
     segment_start_steps: np.ndarray,
     config: VocabularyConfig,
     codec,
 ) -> list[list[int]]:
     """Codec indices ``[program] pitch ... tie`` of the notes sounding at each segment start.
 
-    A note counts as sounding at step s when its onset is before s and its offset is not
-    (MT3 dumps the encoding state before the events of the segment's first step).
+    A note counts as sounding at step s when the events before s left it on (MT3 dumps
+    the encoding state before the events of the segment's first step). The notes are
+    listed by (program, pitch) of the note's own program, as MT3 sorts before mapping.
     """
     program_lo, _ = codec.event_type_range("program")
     pitch_lo, _ = codec.event_type_range("pitch")
@@ -250,7 +291,8 @@ def _tie_sections(
     onsets = is_onset.tolist()
     drums = is_drum.tolist()
     keys = key.tolist()
-    active: set[int] = set()
+    orders = tie_order.tolist()
+    active: dict[int, int] = {}  # key (program * 128 + pitch) -> tie-order key
     sections: list[list[int] | None] = [None] * len(segment_start_steps)
     pos = 0
     for seg in np.argsort(segment_start_steps, kind="stable").tolist():
@@ -258,12 +300,12 @@ def _tie_sections(
         while pos < len(steps) and steps[pos] < start:
             if not drums[pos]:
                 if onsets[pos]:
-                    active.add(keys[pos])
+                    active[keys[pos]] = orders[pos]
                 else:
-                    active.discard(keys[pos])
+                    active.pop(keys[pos], None)
             pos += 1
         section: list[int] = []
-        for k in sorted(active):
+        for k in sorted(active, key=lambda k: (active[k], k)):
             if use_programs:
                 section.append(program_lo + k // 128)
             section.append(pitch_lo + k % 128)
@@ -273,7 +315,7 @@ def _tie_sections(
 
 
 class TrackEncoder:
-    """One track prepared once (sustain, quantise, trim, sort), then sliced many times.
+    """One track prepared once (sustain, trim, quantise, sort), then sliced many times.
 
     Why: a data pipeline takes many random crops of the same track; preparing the notes
     is the expensive part, slicing a segment is cheap. ``encode_note_sequence`` is the
@@ -298,7 +340,7 @@ class TrackEncoder:
             trim_overlaps=trim_overlaps,
             stats=self.stats,
         )
-        self._events, self._is_onset, self._is_drum, self._key = _timed_events(
+        (self._events, self._is_onset, self._is_drum, self._key, self._tie_order) = _timed_events(
             notes, self.config, self.codec
         )
 
@@ -352,7 +394,14 @@ class TrackEncoder:
         prefixes = None
         if config.include_ties:
             prefixes = _tie_sections(
-                events, self._is_onset, self._is_drum, self._key, start_steps, config, self.codec
+                events,
+                self._is_onset,
+                self._is_drum,
+                self._key,
+                self._tie_order,
+                start_steps,
+                config,
+                self.codec,
             )
         indices = run_length.encode_segments(events, start_steps, end_steps, self.codec, prefixes)
         segments = [

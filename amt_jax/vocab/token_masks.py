@@ -6,7 +6,8 @@ previous token and the last shift value of the current segment, which is enough 
 out everything the encoder never emits (a shift after a shift, a shift that does not move
 forward, EOS right after a shift, PAD/UNK/extra ids before EOS, a tie outside the
 segment's start, program tokens in a ``flat`` layout ...). Every sequence that
-``encode_note_sequence`` produces is accepted (tested).
+``encode_note_sequence`` or MT3's own tokenizer produces is accepted (tested against an
+independent statement of MT3's rule in tests/vocab/test_mt3_parity.py).
 
 All functions take numpy arrays (and return numpy) or jax arrays / tracers (and return
 jax arrays), so the same code serves the data pipeline and the jitted decoder.
@@ -82,7 +83,9 @@ def transition_table(config: VocabularyConfig) -> np.ndarray:
         VELOCITY: {PITCH, DRUM},
         TIE: {SHIFT, PROGRAM, VELOCITY, EOS},
         PROGRAM: {PITCH, VELOCITY},
-        DRUM: {VELOCITY, DRUM, SHIFT, EOS},
+        # Inside a step MT3 orders events by exact time, so a pitched event can follow a
+        # drum, with its program token or (program and velocity unchanged) its bare pitch.
+        DRUM: {PROGRAM, VELOCITY, PITCH, DRUM, SHIFT, EOS},
         EOS: {PAD},
     }
     if config.include_ties:

@@ -66,31 +66,36 @@ def _program(program, granularity):
 
 def _expected_notes(notes, config):
     """Independent model of what survives a round trip: (on, off, pitch, vel, program, drum)
-    in 10 ms steps; drums keep only their onset; same-(program, pitch) notes are cut at
-    the next onset and merged when they start in the same step."""
+    in 10 ms steps; drums keep only their onset. Same-channel notes are trimmed in seconds
+    as MT3 trims them: in order of start time (ties in list order) a note ends where the
+    next one starts, and a note left without length is dropped. A zero-length note ends on
+    the step after its onset; a note inside one step decodes one step long."""
     out = []
     channels = collections.defaultdict(list)
     for start, end, pitch, velocity, program, is_drum in notes:
         velocity_out = bin_to_velocity(
             velocity_to_bin(velocity, config.num_velocity_bins), config.num_velocity_bins
         )
-        on = int(np.rint(start * 100))
         if is_drum:
-            out.append((on, on + 1, pitch, velocity_out, 0, True))
-            continue
-        off = max(int(np.rint(end * 100)), on + 1)
-        program = _program(program, config.program_granularity)
-        channels[(program, pitch)].append([on, off, velocity_out])
-    for (program, pitch), items in channels.items():
-        items.sort(key=lambda item: (item[0], -item[1]))
-        kept = []
-        for item in items:
-            if kept and kept[-1][0] == item[0]:
-                continue  # same onset step: the longest was kept
-            kept.append(item)
-        for i in range(len(kept) - 1):
-            kept[i][1] = min(kept[i][1], kept[i + 1][0])
-        out.extend((on, off, pitch, vel, program, False) for on, off, vel in kept)
+            channel = ("drum", program, pitch)
+        else:
+            channel = ("pitched", _program(program, config.program_granularity), pitch)
+        if end <= start:  # zero length: ends on the step after the onset's step
+            end = (np.rint(start * 100) + 1) / 100
+        channels[channel].append([start, end, velocity_out])
+    for (kind, program, pitch), items in channels.items():
+        items.sort(key=lambda item: item[0])
+        for note, following in zip(items, items[1:]):
+            note[1] = min(note[1], following[0])
+        for start, end, velocity_out in items:
+            if end <= start:
+                continue
+            on = int(np.rint(start * 100))
+            if kind == "drum":
+                out.append((on, on + 1, pitch, velocity_out, 0, True))
+            else:
+                off = max(int(np.rint(end * 100)), on + 1)
+                out.append((on, off, pitch, velocity_out, program, False))
     return sorted(out)
 
 
@@ -202,20 +207,22 @@ def test_sustain_pedal_is_applied_first():
 def test_encode_stats_report_every_change():
     ns = _ns(
         [
-            (0.100, 0.101, 60, 100, 0, False),  # shorter than a step -> lengthened
+            (0.100, 0.101, 60, 100, 0, False),  # shorter than a step -> decodes one step long
             (1.0, 2.0, 62, 100, 0, False),  # cut at 1.5 by the next note
             (1.5, 2.5, 62, 100, 0, False),
-            (3.0, 3.5, 64, 100, 0, False),  # two onsets in one step -> merged
+            (3.0, 3.5, 64, 100, 0, False),  # cut at 3.001 by the next onset, in one step
             (3.001, 3.8, 64, 0, 0, False),  # zero velocity
+            (4.0, 4.5, 65, 100, 0, False),  # the next note starts at the same time -> dropped
+            (4.0, 4.2, 65, 100, 0, False),
         ]
     )
     segments, stats = encode_note_sequence(ns, MT3, num_segments=1, return_stats=True)
-    assert stats.num_notes == 5 and stats.num_drum_notes == 0
-    assert stats.lengthened_to_one_step == 1
-    assert stats.trimmed_overlaps == 1
+    assert stats.num_notes == 7 and stats.num_drum_notes == 0
+    assert stats.lengthened_to_one_step == 2  # 60 and the cut 64
+    assert stats.trimmed_overlaps == 2
     assert stats.merged_same_onset == 1
     assert stats.zero_velocity_notes == 1
-    assert stats.events_outside_segments == 3  # onset and offset at 3.0/3.8, offset 2.5
+    assert stats.events_outside_segments == 7  # the offset at 2.5, two notes 64, one 65
     _, stats = encode_note_sequence(ns, MT3, start_times=[0.0, 3.0], return_stats=True)
     assert stats.events_outside_segments == 1  # the offset at 2.5 s
 
