@@ -60,6 +60,17 @@ def _host_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(np.asarray(value)) for name, value in jax.device_get(metrics).items()}
 
 
+def _profile_window(profile_steps: Sequence[int] | None) -> tuple[int, int] | None:
+    if profile_steps is None:
+        return None
+    window = tuple(int(x) for x in profile_steps)
+    if len(window) != 2 or not 1 <= window[0] <= window[1]:
+        raise ValueError(
+            f"profile_steps must be (first, last) with 1 <= first <= last, got {profile_steps!r}"
+        )
+    return window
+
+
 def mfu_denominator(device: jax.Device | None = None) -> float:
     """Peak FLOP/s of one device for MFU: the published dense bf16 peak of a known
     accelerator (a timed matmul on an H100 measures launch overhead, not the chip), else a
@@ -120,6 +131,7 @@ def train(
     measure_mfu: bool = True,
     progress_bar: bool = True,
     tensorboard: bool = True,
+    profile_steps: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train ``num_steps`` optimizer steps (in total, counting restored ones) and evaluate.
 
@@ -140,11 +152,14 @@ def train(
       decode_options: note-creation options for the eval transcriptions (the model's
         ``decode_option_defaults`` otherwise).
       frame_convention: how eval frame F1 is counted (``metrics.transcription``).
+      profile_steps: ``(first, last)`` steps (1-based, inclusive) to trace with
+        ``jax.profiler`` into ``WORKDIR/profile`` (TensorBoard's profile plugin, Perfetto).
 
     The workdir's ``model.json`` records the model family and config (vocabulary and
     inference segmenting included), so ``amt-jax --checkpoint WORKDIR`` rebuilds exactly
     the model and decoder evaluated here.
     """
+    profile_window = _profile_window(profile_steps)
     if distributed:
         mesh_lib.initialize_distributed(coordinator_address, num_processes, process_id)
     os.makedirs(workdir, exist_ok=True)
@@ -253,6 +268,7 @@ def train(
         dynamic_ncols=True,
     )
     step = start_step
+    tracing = False
     try:
         if start_step < num_steps:
             batch = trainer.global_batch(next(data_iter))
@@ -260,8 +276,20 @@ def train(
             if measure_mfu:
                 step_flops = trainer.train_step_flops(state, batch)
         while step < num_steps:
+            if profile_window and step + 1 == profile_window[0]:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                tracing = True
             state, metrics = trainer.train_step(state, batch)
             step += 1
+            if tracing and step >= profile_window[1]:
+                jax.block_until_ready(metrics)
+                jax.profiler.stop_trace()
+                tracing = False
+                logging.info(
+                    "Profile of steps %d-%d in %s",
+                    *profile_window,
+                    os.path.join(workdir, "profile"),
+                )
             data_state = data_iter.state()  # position after exactly ``step`` batches
             if step < num_steps:
                 batch = trainer.global_batch(next(data_iter))  # overlaps the device step
@@ -300,6 +328,8 @@ def train(
             eval_metrics = run_eval(step)
             logging.info("Eval at step %d: %s", step, eval_metrics)
     finally:
+        if tracing:  # stopped (or failed) inside the window: keep what was traced
+            jax.profiler.stop_trace()
         bar.close()
         checkpointer.close()
         writer.close()

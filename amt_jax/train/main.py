@@ -63,6 +63,12 @@ def parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "saves ~700k page faults per T5-small step on CPU (see amt_jax.heap); does nothing "
         "unless JAX's default backend is CPU (JAX_PLATFORMS, else no accelerator plugin)",
     )
+    parser.add_argument(
+        "--profile_steps",
+        metavar="FIRST:LAST",
+        help="trace these train steps (1-based, inclusive) with jax.profiler into "
+        "WORKDIR/profile, e.g. --profile_steps=10:12",
+    )
     bindings, rest = [], []
     for arg in argv:
         if arg.startswith("--gin.") and not arg.startswith("--gin.KEY"):
@@ -73,6 +79,14 @@ def parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         else:
             rest.append(arg)
     args = parser.parse_args(rest)
+    if args.profile_steps:
+        first, sep, last = args.profile_steps.partition(":")
+        if not (sep and first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+            raise ConfigError(
+                f"--profile_steps={args.profile_steps!r}: expected FIRST:LAST with "
+                "1 <= FIRST <= LAST, e.g. --profile_steps=10:12"
+            )
+        bindings.append(f"train.profile_steps = ({int(first)}, {int(last)})")
     return args, bindings
 
 

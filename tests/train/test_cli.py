@@ -115,3 +115,10 @@ def test_library_info_chatter_is_hidden_but_the_trainers_progress_is_not():
     assert logging.getLogger().isEnabledFor(logging.INFO)
     assert not logging.getLogger("absl").isEnabledFor(logging.INFO)  # tfds / orbax
     assert logging.getLogger("absl").isEnabledFor(logging.WARNING)
+
+
+def test_profile_steps_flag_becomes_a_binding_or_a_one_line_error():
+    args, bindings = main_lib.parse_flags(["--workdir=/tmp/x", "--profile_steps=10:12"])
+    assert bindings == ["train.profile_steps = (10, 12)"]
+    with pytest.raises(main_lib.ConfigError, match="expected FIRST:LAST"):
+        main_lib.parse_flags(["--profile_steps=12:10"])

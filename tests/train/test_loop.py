@@ -211,3 +211,16 @@ def test_consecutive_segments_cover_the_track():
     windows = segments.windows(np.ones(250, np.float32), 0, 3)
     assert windows.shape == (3, 100) and windows[2, 50:].sum() == 0 and windows[2, :50].all()
     np.testing.assert_allclose(segments.start_times, [0.0, 2.0, 4.0])
+
+
+def test_profile_steps_write_a_jax_profiler_trace(tmp_path):
+    run(tmp_path, 3, profile_steps=(2, 3), checkpoint_every=3)
+    traces = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(tmp_path / "profile")
+        for name in names
+        if name.endswith(".xplane.pb")
+    ]
+    assert traces and os.path.getsize(traces[0]) > 0
+    with pytest.raises(ValueError, match="profile_steps must be"):
+        run(tmp_path / "bad", 3, profile_steps=(3, 2))
