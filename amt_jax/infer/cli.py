@@ -208,6 +208,14 @@ def main(argv: list[str] | None = None, *, compilation_cache: bool = False) -> i
             note_options(args, args.model)
         except ValueError as error:
             parser.error(str(error))
+    if "://" in args.output_dir:  # a URL would be written locally as ./gs:/...
+        from amt_jax.models import checkpoints
+
+        try:
+            args.output_dir = checkpoints.local_directory(args.output_dir, "output directory")
+        except checkpoints.CheckpointError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     if args.checkpoint is not None:
         from amt_jax.models import checkpoints
 

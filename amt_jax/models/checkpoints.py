@@ -19,6 +19,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import urllib.parse
 from typing import Any
 
 import jax
@@ -38,11 +40,41 @@ class CheckpointError(ValueError):
     """A workdir or checkpoint that cannot be used; the message says what to do."""
 
 
+# --- where things are written ---------------------------------------------------------------
+
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def local_directory(path: str | os.PathLike, what: str = "workdir") -> str:
+    """A local or mounted directory path; ``file://`` URLs are accepted and unwrapped.
+
+    Any other URL (``gs://``, ``s3://``, ...) is a clear error: ``os.makedirs`` and ``open``
+    would otherwise write it under the current directory as ``./gs:/bucket/...`` and lose
+    nothing loudly. Mount remote storage (e.g. gcsfuse) and pass the mount path.
+    """
+    text = os.fspath(path)
+    match = _URL_SCHEME.match(text)
+    if match is None:
+        return text
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        parsed = urllib.parse.urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise CheckpointError(f"{what} '{text}': file:// URLs must name a local path")
+        return urllib.parse.unquote(parsed.path)
+    raise CheckpointError(
+        f"{what} '{text}': {scheme}:// storage is not supported; amt_jax writes checkpoints, "
+        "configs and TensorBoard logs to a local or mounted filesystem (mount the bucket, "
+        "e.g. with gcsfuse, and pass the mount path)"
+    )
+
+
 # --- the model record -----------------------------------------------------------------------
 
 
 def write_record(workdir: str | os.PathLike, config: Any) -> str:
     """Write ``model.json`` (family + config); an existing, different record is an error."""
+    workdir = local_directory(workdir)
     family = families.of_config(config)
     record = {
         "version": RECORD_VERSION,
@@ -77,7 +109,7 @@ def _config_difference(old: Any, new: Any) -> str:
 
 def read_record(directory: str | os.PathLike) -> tuple[str, Any]:
     """``(family name, config)`` from a workdir's or an export's ``model.json``."""
-    directory = os.fspath(directory)
+    directory = local_directory(directory, "checkpoint")
     path = os.path.join(directory, RECORD_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(
@@ -96,7 +128,7 @@ def read_record(directory: str | os.PathLike) -> tuple[str, Any]:
 
 def model_directory(path: str | os.PathLike) -> str:
     """A workdir, its ``checkpoints/`` or an export directory -> the directory of the record."""
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(local_directory(path, "checkpoint"))
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint '{path}' is not a directory")
     if os.path.basename(path) == CHECKPOINT_DIR and not os.path.isfile(
@@ -127,7 +159,7 @@ class Checkpointer:
     def __init__(
         self, workdir: str, *, save_every: int = 1000, keep: int = 3, async_save: bool = True
     ):
-        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+        self.directory = os.path.join(os.path.abspath(local_directory(workdir)), CHECKPOINT_DIR)
         self.save_every = save_every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
@@ -307,6 +339,7 @@ def export_params(
     workdir: str | os.PathLike, outdir: str | os.PathLike, *, step: int | None = None
 ) -> str:
     """Write ``outdir/{model.json, params.npz}``: a workdir's model without the optimizer."""
+    outdir = local_directory(outdir, "export directory")
     model, step = restore_model(workdir, step=step)
     _, params, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     flat = _flatten({"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(rest)})
@@ -327,6 +360,7 @@ __all__ = [
     "Restored",
     "abstract_model",
     "export_params",
+    "local_directory",
     "model_directory",
     "read_record",
     "restore_model",

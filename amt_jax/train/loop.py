@@ -160,6 +160,7 @@ def train(
     the model and decoder evaluated here.
     """
     profile_window = _profile_window(profile_steps)
+    workdir = checkpoints.local_directory(workdir)
     if distributed:
         mesh_lib.initialize_distributed(coordinator_address, num_processes, process_id)
     os.makedirs(workdir, exist_ok=True)

@@ -157,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.retain_freed_heap and not heap_retained:
         reason = heap.default_backend_is_cpu()[1]
         logging.info("C heap left as is (retaining is for glibc CPU training; %s)", reason)
+    from amt_jax.models import checkpoints
+
+    try:
+        args.workdir = checkpoints.local_directory(args.workdir)
+    except checkpoints.CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "config.gin"), "w") as f:
         f.write(gin.config_str())
