@@ -27,6 +27,7 @@ LAYERS = {
     "infer": 3,
     "demo": 4,
     "transcribe": 4,
+    "evaluate": 4,
 }
 #: entry points inside a package (they wire the packages together)
 ENTRY_POINTS = {"train/main.py", "train/__main__.py", "train/configurables.py"}

@@ -169,7 +169,8 @@ class Transcriber:
     """A model plus its jitted, fixed-batch predict function.
 
     ``checkpoint``: a training workdir (or an exported ``reference_runs/<family>``): the
-    family, config (MT3 vocabulary, O&F chunking) and parameters all come from it, so
+    family, config (MT3 vocabulary, O&F chunking) and parameters (of ``step``, default the
+    latest) all come from it, so
     ``model`` / ``config`` / ``vocabulary`` may be left out; given, they must agree with
     the record. Without a checkpoint, ``model="nmp"`` loads Basic Pitch's published
     weights, and ``random_weights=True`` builds an untrained model (benchmarks).
@@ -189,12 +190,13 @@ class Transcriber:
         random_weights: bool = False,
         vocabulary: Any = None,
         max_decode_length: int | None = None,
+        step: int | None = None,
     ):
         if model is not None:
             families.get(model)  # a clear error for unknown names
         self.step = None
         if checkpoint is not None:
-            self.model, self.step = _restore_checked(checkpoint, model, config, vocabulary)
+            self.model, self.step = _restore_checked(checkpoint, model, config, vocabulary, step)
         else:
             family = families.get(model or "nmp")
             if vocabulary is not None:
@@ -281,7 +283,9 @@ def _vocabulary(vocabulary: Any) -> Any:
     return layouts.VocabularyConfig.named(vocabulary) if isinstance(vocabulary, str) else vocabulary
 
 
-def _restore_checked(checkpoint: Any, model: str | None, config: Any, vocabulary: Any):
+def _restore_checked(
+    checkpoint: Any, model: str | None, config: Any, vocabulary: Any, step: int | None = None
+):
     """Restore a workdir's model; options that contradict its record are one-line errors."""
     directory = checkpoints.model_directory(checkpoint)
     try:
@@ -306,7 +310,7 @@ def _restore_checked(checkpoint: Any, model: str | None, config: Any, vocabulary
                     f"vocabulary {wanted.layout!r} contradicts the {have.layout!r} vocabulary "
                     f"'{directory}' was trained with; leave --vocabulary out"
                 )
-        return checkpoints.restore_model(directory)
+        return checkpoints.restore_model(directory, step=step)
     except checkpoints.CheckpointError as error:
         raise TranscriptionError(str(error)) from None
 

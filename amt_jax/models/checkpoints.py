@@ -288,6 +288,18 @@ def _restore_orbax(directory: str, target: dict[str, Any], step: int | None) -> 
     return step, restored
 
 
+def checkpoint_steps(path: str | os.PathLike) -> list[int]:
+    """The saved train-state steps of a workdir, oldest first (an export has none)."""
+    directory = os.path.join(model_directory(path), CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return []
+    manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+    try:
+        return sorted(int(step) for step in manager.all_steps())
+    finally:
+        manager.close()
+
+
 def restore_model(path: str | os.PathLike, *, step: int | None = None) -> tuple[nnx.Module, int]:
     """The model recorded in a workdir (or export) with its trained parameters, in eval
     mode on the host, and the step it was saved at (exports: the step they record).
@@ -358,6 +370,7 @@ __all__ = [
     "Checkpointer",
     "RECORD_FILE",
     "Restored",
+    "checkpoint_steps",
     "abstract_model",
     "export_params",
     "local_directory",

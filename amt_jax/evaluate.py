@@ -1,0 +1,235 @@
+"""``python -m amt_jax.evaluate --workdir WORKDIR``: score a training run's checkpoints.
+
+The evaluation job that runs beside training (as t5x's separate eval job): it reads the
+workdir's ``config.gin`` (the eval task, frame convention, velocity and program options the
+run was configured with), restores each checkpoint's parameters on this host, transcribes
+the eval tracks through the same path as the CLI and the in-training evaluator (the
+model's ``segment`` / ``predict`` / ``outputs_to_notes``), and scores them with mir_eval in
+worker processes while the next track is transcribed. Each step's mean metrics go to
+``WORKDIR/eval/step_<N>.json`` and to stdout.
+
+    python -m amt_jax.evaluate --workdir runs/of_cpu                 # the latest step
+    python -m amt_jax.evaluate --workdir runs/of_cpu --all_steps     # every saved step
+    python -m amt_jax.evaluate --workdir runs/of_cpu --watch         # new steps as they land
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import inspect
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+EVAL_DIR = "eval"
+
+
+def _train_defaults() -> dict[str, Any]:
+    from amt_jax.train import loop
+
+    parameters = inspect.signature(loop.train).parameters
+    return {name: p.default for name, p in parameters.items()}
+
+
+def options_from_gin(config_file: str) -> dict[str, Any]:
+    """The eval settings a run's ``config.gin`` binds (``train.*``, ``task_eval_tracks.*``),
+    with ``loop.train``'s defaults where it binds nothing."""
+    import gin
+
+    from amt_jax.train.main import parse_gin
+
+    gin.clear_config()
+    parse_gin([config_file], [], [])
+    defaults = _train_defaults()
+
+    def query(name: str, default: Any) -> Any:
+        try:
+            return gin.query_parameter(name)
+        except ValueError:
+            return default
+
+    options = {
+        name: query(f"train.{name}", defaults[name])
+        for name in (
+            "frame_convention",
+            "with_velocity",
+            "program_granularities",
+            "decode_options",
+            "max_eval_tracks",
+            "eval_batch_size",
+        )
+    }
+    options["task_name"] = query("task_eval_tracks.task_name", None)
+    options["synthetic_config"] = query("task_eval_tracks.synthetic_config", None)
+    options["data_dir"] = query("task_eval_tracks.data_dir", None)
+    gin.clear_config()
+    return options
+
+
+def _score(args: tuple) -> dict[str, float]:
+    """One track's metrics (runs in a worker process)."""
+    from amt_jax.metrics import transcription
+
+    reference, estimate, with_velocity, granularities, convention = args
+    return transcription.track_metrics(
+        reference,
+        estimate,
+        with_velocity=with_velocity,
+        program_granularities=granularities,
+        frame_convention=convention,
+    )
+
+
+def evaluate_step(
+    workdir: str,
+    step: int | None,
+    tracks: Iterable[Any],
+    *,
+    frame_convention: str = "mt3",
+    with_velocity: bool = False,
+    program_granularities: Sequence[str] = (),
+    decode_options: dict[str, Any] | None = None,
+    batch_size: int | None = None,
+    scoring_workers: int = 1,
+) -> dict[str, float]:
+    """Mean metrics of one checkpoint step over ``tracks`` (``EvalTrack``s)."""
+    from amt_jax.infer import transcribe as transcribe_lib
+    from amt_jax.metrics import transcription
+
+    transcriber = transcribe_lib.Transcriber(
+        checkpoint=workdir, step=step, **({"batch_size": batch_size} if batch_size else {})
+    )
+    options = dict(decode_options or {})
+    granularities = tuple(program_granularities)
+
+    def scoring_jobs(submit: Callable[..., Any]) -> list[Any]:
+        jobs = []
+        for track in tracks:
+            result = transcriber.transcribe(track.audio_s, transcriber.sample_rate, **options)
+            job = (track.reference, result.sequence, with_velocity, granularities, frame_convention)
+            jobs.append(submit(_score, job))
+        return jobs
+
+    if scoring_workers <= 0:  # in this process, e.g. for debugging
+        per_track = scoring_jobs(lambda fn, job: fn(job))
+    else:  # spawned, not forked: JAX's threads make fork unsafe
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(scoring_workers, mp_context=context) as pool:
+            per_track = [job.result() for job in scoring_jobs(pool.submit)]
+    if not per_track:
+        raise ValueError(f"no eval tracks to score for '{workdir}'")
+    metrics = transcription.aggregate_track_metrics(per_track)
+    metrics["tracks"] = float(len(per_track))
+    metrics["step"] = float(transcriber.step)
+    return metrics
+
+
+def write_metrics(workdir: str, step: int, metrics: dict[str, float]) -> str:
+    directory = os.path.join(workdir, EVAL_DIR)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"step_{step}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def _tracks_from_options(options: dict[str, Any]) -> Callable[[], Iterable[Any]]:
+    from amt_jax.train import inputs
+
+    if options["task_name"] is None:
+        raise ValueError(
+            "the run's config.gin names no eval task (task_eval_tracks.task_name); pass "
+            "--eval_task NAME"
+        )
+    return inputs.task_eval_tracks(
+        options["task_name"],
+        synthetic_config=options["synthetic_config"],
+        data_dir=options["data_dir"],
+    )
+
+
+def parse_flags(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m amt_jax.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", required=True, help="a training workdir")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="this checkpoint step (default: the latest)")
+    which.add_argument("--all_steps", action="store_true", help="every saved step")
+    which.add_argument(
+        "--watch", action="store_true", help="score each new step as it lands (Ctrl-C stops)"
+    )
+    parser.add_argument("--eval_task", help="score on this task instead of the run's")
+    parser.add_argument("--max_tracks", type=int, help="at most this many tracks")
+    parser.add_argument("--batch_size", type=int, help="windows per model call")
+    parser.add_argument(
+        "--scoring_workers",
+        type=int,
+        default=2,
+        help="mir_eval processes (default 2; 0 scores in this process)",
+    )
+    parser.add_argument("--poll_seconds", type=float, default=60.0, help="--watch interval")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_flags(sys.argv[1:] if argv is None else argv)
+    from amt_jax.infer.transcribe import TranscriptionError
+    from amt_jax.models import checkpoints
+
+    try:
+        workdir = checkpoints.local_directory(args.workdir)
+        config_file = os.path.join(workdir, "config.gin")
+        if not os.path.isfile(config_file):
+            raise ValueError(f"'{workdir}' has no config.gin: not a python -m amt_jax.train run")
+        options = options_from_gin(config_file)
+        if args.eval_task:
+            options["task_name"] = args.eval_task
+        load_tracks = _tracks_from_options(options)
+        limit = args.max_tracks or options["max_eval_tracks"]
+        tracks = list(load_tracks())[:limit] if limit else list(load_tracks())
+        settings = dict(
+            frame_convention=options["frame_convention"],
+            with_velocity=options["with_velocity"],
+            program_granularities=options["program_granularities"],
+            decode_options=options["decode_options"],
+            batch_size=args.batch_size,
+            scoring_workers=args.scoring_workers,
+        )
+        done: set[int] = set()
+        while True:
+            saved = checkpoints.checkpoint_steps(workdir)
+            if args.step is not None:
+                if args.step not in saved:
+                    raise ValueError(f"'{workdir}' has no checkpoint at step {args.step}: {saved}")
+                todo = [args.step]
+            elif args.all_steps or args.watch:
+                todo = [step for step in saved if step not in done]
+            else:
+                todo = saved[-1:] if saved else [None]  # None: an export's own step
+            for step in todo:
+                metrics = evaluate_step(workdir, step, tracks, **settings)
+                path = write_metrics(workdir, int(metrics["step"]), metrics)
+                shown = {k: round(v, 4) for k, v in metrics.items() if k.endswith("F1")}
+                print(json.dumps({"step": int(metrics["step"]), **shown, "written": path}))
+                done.add(step)
+            if not args.watch:
+                return 0
+            time.sleep(args.poll_seconds)
+    except KeyboardInterrupt:
+        return 0
+    except (ValueError, OSError, TranscriptionError) as error:  # CheckpointError is a ValueError
+        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
