@@ -25,6 +25,10 @@ INSTALL_REQUIRES = [
     "pyfluidsynth>=1.3,<2",
     "music21>=9,<11",
     "pyyaml>=6,<7",
+    # tools/import_mt3.py reads t5x checkpoints (msgpack file + zarr arrays)
+    "msgpack>=1.0,<2",
+    "tensorstore>=0.1.60,<0.2",
+    "ml_dtypes>=0.4,<1",
 ]
 
 EXTRAS_REQUIRE = {
