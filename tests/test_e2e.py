@@ -163,7 +163,7 @@ def test_onsets_frames_trains_and_transcribes_through_the_cli(tmp_path):
         preprocessors.ONSETS_FRAMES, window_samples=window, num_frames=window // 512
     )
     workdir, wav, reference, result = _train(
-        tmp_path, config, spec, steps=200, batch_size=8, learning_rate=1e-2, jitter=0
+        tmp_path, config, spec, steps=300, batch_size=8, learning_rate=1e-2, jitter=0
     )
     assert checkpoints.read_record(workdir) == ("onsets_frames", config)
     f1 = _cli_f1(workdir, wav, reference, tmp_path, "onsets_frames")
