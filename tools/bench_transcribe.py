@@ -4,6 +4,7 @@
     python tools/bench_transcribe.py speed --bp-python /path/to/venv/bin/python
     python tools/bench_transcribe.py stages                # amt_jax's time per stage (60 s file)
     python tools/bench_transcribe.py memory                # 7 m 45 s file, every model family
+    python tools/bench_transcribe.py mt3 --batch-sizes 8,16  # MT3 on a 3-minute piece
 
 speed: the same 60 s synthetic polyphonic wav (``amt_jax.audio.testsignals``) is
 transcribed by amt_jax (NMP with Basic Pitch's imported weights, whole pipeline: file read,
@@ -34,6 +35,13 @@ all 1024 steps (use it with a short ``--seconds 16.384`` and ``--trace-dir`` to 
 peak reached in the first batch and then flat). Each child also reports its peak after
 the imports, after building the model and after transcribing, and whether TensorFlow got
 imported; ``--trace-dir`` writes its RSS once a second.
+
+mt3: wall time, real-time factor and peak RSS of MT3 (published size, random weights)
+transcribing a 3-minute synthetic polyphonic piece (88 segments), one fresh process per
+batch size, ``transcribe()`` called ``--repeat`` times (the first call compiles). Random
+weights never emit EOS, so each segment is made to stop at a step in ``--tokens`` (default
+200-400, what MT3 emits on real music), fixed by the segment's audio
+(``make_mt3_stop_after``); a batch decodes until its longest row is done.
 """
 
 from __future__ import annotations
@@ -397,6 +405,32 @@ def make_mt3_stop_at_first_token(model) -> None:
     logits_kernel[...] = logits_kernel[...].at[:, eos_id].set(100.0 * direction)
 
 
+def make_mt3_stop_after(lowest: int, highest: int) -> None:
+    """Random MT3 decoding a realistic number of tokens: each segment emits EOS at a step
+    in [lowest, highest], fixed by its audio (a hash of its cross-attention keys).
+
+    Random weights never emit EOS on their own; MT3 on real music emits ~200-400 tokens a
+    segment. This patches ``Decoder.decode_step`` in this (benchmark) process only: the
+    decoder runs unchanged and its EOS logit is overridden once a row reaches its step.
+    """
+    import jax.numpy as jnp
+
+    from amt_jax.models import t5
+
+    decode_step = t5.Decoder.decode_step
+    span = highest - lowest + 1
+
+    def decode_step_with_eos(self, token_b, position, cache, cross_kv):
+        logits_bv, cache = decode_step(self, token_b, position, cache, cross_kv)
+        key_bhtd = cross_kv[0][0]
+        digest_b = jnp.abs(jnp.sum(key_bhtd, axis=(1, 2, 3))) * 1e3
+        stop_b = lowest + (digest_b % span).astype(jnp.int32)
+        eos_bv = logits_bv.at[:, self.config.eos_id].set(1e9)
+        return jnp.where((position >= stop_b)[:, None], eos_bv, logits_bv), cache
+
+    t5.Decoder.decode_step = decode_step_with_eos
+
+
 def transcribe_one(args) -> None:
     """Child process of the memory mode: one file, one model family."""
     if args.trace:
@@ -413,26 +447,78 @@ def transcribe_one(args) -> None:
     if args.batch_size:
         kwargs["batch_size"] = args.batch_size
     transcriber = Transcriber(args.model, **kwargs)
-    if args.model == "mt3" and not args.mt3_full_decode:
+    if args.model == "mt3" and args.mt3_tokens:
+        make_mt3_stop_after(*(int(x) for x in args.mt3_tokens.split(":")))
+    elif args.model == "mt3" and not args.mt3_full_decode:
         from flax import nnx
 
         make_mt3_stop_at_first_token(transcriber.model)
         transcriber._state = nnx.split(transcriber.model)[1]  # the weights the jit sees
     stages["model built"] = memory_status_mb()["peak"]
-    result = transcriber.transcribe(args.file)
+    call_seconds = []
+    for _ in range(args.repeat):
+        call_started = time.perf_counter()
+        result = transcriber.transcribe(args.file)
+        call_seconds.append(round(time.perf_counter() - call_started, 2))
     stages["transcribed"] = memory_status_mb()["peak"]
-    print(
-        json.dumps(
-            {
-                "model": args.model,
-                "batch_size": transcriber.batch_size,
-                "notes": len(result.sequence.notes),
-                "seconds": round(time.perf_counter() - started, 1),
-                "peak_mb_after": stages,
-                "tensorflow_imported": "tensorflow" in sys.modules,
+    report = {
+        "model": args.model,
+        "batch_size": transcriber.batch_size,
+        "notes": len(result.sequence.notes),
+        "seconds": round(time.perf_counter() - started, 1),
+        "transcribe_seconds": call_seconds,
+        "peak_mb_after": stages,
+        "tensorflow_imported": "tensorflow" in sys.modules,
+    }
+    if args.model == "mt3":
+        tokens_bl = result.posteriors["tokens"]
+        report["segments"] = int(tokens_bl.shape[0])
+        report["tokens_decoded"] = int((tokens_bl != 0).sum())
+    print(json.dumps(report))
+
+
+def mt3_speed(args) -> dict:
+    """MT3 transcription wall time, real-time factor and peak RSS (fresh processes)."""
+    time_binary = "/usr/bin/time"
+    if not os.path.exists(time_binary):
+        raise SystemExit("needs GNU time: apt-get install time (in AMT_JAX_APT_PACKAGES)")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_transcribe_mt3_") as workdir:
+        path = os.path.join(workdir, "piece.wav")
+        write_test_file(path, args.seconds, 44100)
+        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+            command = [time_binary, "-v", sys.executable, __file__, "one", "--model", "mt3"]
+            command += ["--batch-size", str(batch_size), "--repeat", str(args.repeat)]
+            command += ["--mt3-tokens", args.tokens, path]
+            load = os.getloadavg()[0]
+            run = subprocess.run(command, capture_output=True, text=True)
+            match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
+            if run.returncode != 0 or not match:
+                print(f"batch {batch_size}: failed\n{run.stderr[-2000:]}", flush=True)
+                continue
+            child = json.loads(run.stdout.strip().splitlines()[-1])
+            result = {
+                "peak_rss_mb": round(int(match.group(1)) / 1024, 1),
+                "load_before": round(load, 2),
+                "load_after": round(os.getloadavg()[0], 2),
+                "real_time_factor": [
+                    round(s / args.seconds, 3) for s in child["transcribe_seconds"]
+                ],
+                **child,
             }
-        )
+            results[batch_size] = result
+            print(
+                f"MT3, {args.seconds:.0f} s piece, batch {batch_size}: transcribe() "
+                f"{result['transcribe_seconds']} s (first call compiles), real-time factor "
+                f"{result['real_time_factor']}, {child['tokens_decoded']} tokens in "
+                f"{child['segments']} segments, peak RSS {result['peak_rss_mb']} MB, load "
+                f"{result['load_before']} -> {result['load_after']}",
+                flush=True,
+            )
+    print(
+        json.dumps({"audio_s": args.seconds, "tokens": args.tokens, "results": results}, indent=1)
     )
+    return results
 
 
 def memory(args) -> dict:
@@ -498,15 +584,30 @@ def main() -> None:
         help="let random MT3 decode all 1024 steps of every segment (hours on a long file) "
         "instead of stopping at the first step (same compiled program, same peak memory)",
     )
+    mt3_parser = sub.add_parser("mt3")
+    mt3_parser.add_argument("--seconds", type=float, default=180.0)
+    mt3_parser.add_argument("--batch-sizes", default="16", help="one fresh process each")
+    mt3_parser.add_argument("--repeat", type=int, default=2, help="transcribe() calls")
+    mt3_parser.add_argument(
+        "--tokens", default="200:400", help="EOS at a step in LO:HI of each segment"
+    )
     one_parser = sub.add_parser("one")
     one_parser.add_argument("--model", default="nmp")
     one_parser.add_argument("--batch-size", type=int, default=None)
     one_parser.add_argument("--compilation-cache", help="persistent XLA cache directory")
     one_parser.add_argument("--trace", help="file for the RSS trace (one line a second)")
     one_parser.add_argument("--mt3-full-decode", action="store_true")
+    one_parser.add_argument("--mt3-tokens", help="random MT3 emits EOS at a step in LO:HI")
+    one_parser.add_argument("--repeat", type=int, default=1)
     one_parser.add_argument("file")
     args = parser.parse_args()
-    modes = {"speed": speed, "stages": stages, "memory": memory, "one": transcribe_one}
+    modes = {
+        "speed": speed,
+        "stages": stages,
+        "memory": memory,
+        "mt3": mt3_speed,
+        "one": transcribe_one,
+    }
     modes[args.mode](args)
 
 

@@ -3,8 +3,10 @@
 MT3 decodes with beam size 1, i.e. greedily, up to 1024 tokens per 2.048 s segment. The
 encoder runs once per batch of segments; the cross-attention keys/values are projected
 once; each step then runs the decoder on one position per row, reading the self-attention
-keys/values of earlier positions from a cache. Rows that emitted EOS keep producing PAD
-(0), and the loop exits as soon as every row is done.
+keys/values of earlier positions from a cache. The cache grows in buckets of doubling
+length, so a step attends over at most twice the filled slots rather than all
+``max_length``. Rows that emitted EOS keep producing PAD (0), and decoding stops as soon
+as every row is done.
 
 :func:`greedy_decode_uncached` recomputes the full decoder over the whole (fixed-shape)
 prefix buffer at every step. It is the reference the cached path is tested against and
@@ -23,6 +25,9 @@ from amt_jax.partitioning.axes import constrain
 #: t5x convention: decoder input position 0 holds PAD (0) as the begin-of-sequence token
 BOS_ID = 0
 
+#: cache slots of the first decoding bucket (:func:`cache_buckets`)
+FIRST_BUCKET = 128
+
 
 class CachedDecoder(Protocol):
     """What greedy decoding needs from a model (``MT3Model`` implements it)."""
@@ -37,6 +42,8 @@ class CachedDecoder(Protocol):
     ) -> jax.Array: ...
 
     def init_decode_cache(self, batch_size: int, max_length: int) -> Any: ...
+
+    def extend_decode_cache(self, cache: Any, length: int) -> Any: ...
 
     def precompute_cross_kv(self, encoded_btd: jax.Array) -> Any: ...
 
@@ -55,15 +62,38 @@ def _finish_step(
     return next_b, tokens_bl, done_b | (next_b == eos_id)
 
 
+def cache_buckets(max_length: int, first: int = FIRST_BUCKET) -> list[int]:
+    """Cache lengths the cached decoder steps through: ``first``, doubling, ``max_length``.
+
+    Steps ``[previous bucket, bucket)`` attend over a cache of ``bucket`` slots, so a step
+    reads at most twice its filled slots, not ``max_length`` (1024 -> 128, 256, 512, 1024).
+    """
+    buckets = [min(first, max_length)]
+    while buckets[-1] < max_length:
+        buckets.append(min(2 * buckets[-1], max_length))
+    return buckets
+
+
 def greedy_decode(
-    model: CachedDecoder, encoded_btd: jax.Array, *, max_length: int = 1024, eos_id: int = 1
+    model: CachedDecoder,
+    encoded_btd: jax.Array,
+    *,
+    max_length: int = 1024,
+    eos_id: int = 1,
+    first_bucket: int = FIRST_BUCKET,
 ) -> jax.Array:
-    """Greedy decoding with a KV cache: int32 tokens [batch, max_length], PAD after EOS."""
+    """Greedy decoding with a KV cache: int32 tokens [batch, max_length], PAD after EOS.
+
+    One ``while_loop`` per cache bucket (:func:`cache_buckets`); between them the cache
+    is extended with zero slots. A loop stops at its bucket's end or when every row is
+    done (the later loops then exit at once).
+    """
     batch_size = encoded_btd.shape[0]
-    cache = model.init_decode_cache(batch_size, max_length)
+    buckets = cache_buckets(max_length, first_bucket)
+    cache = model.init_decode_cache(batch_size, buckets[0])
     cross_kv = model.precompute_cross_kv(encoded_btd)
     tokens_bl = constrain(jnp.zeros((batch_size, max_length), jnp.int32), ("batch", "length"))
-    init = (
+    state = (
         jnp.asarray(0, jnp.int32),
         jnp.full((batch_size,), BOS_ID, jnp.int32),
         tokens_bl,
@@ -71,18 +101,22 @@ def greedy_decode(
         cache,
     )
 
-    def keep_going(state):
-        step, _, _, done_b, _ = state
-        return (step < max_length) & ~jnp.all(done_b)
-
     def body(state):
         step, previous_b, tokens_bl, done_b, cache = state
         logits_bv, cache = model.decode_step(previous_b, step, cache, cross_kv)
         next_b, tokens_bl, done_b = _finish_step(step, logits_bv, tokens_bl, done_b, eos_id)
         return step + 1, next_b, tokens_bl, done_b, cache
 
-    _, _, tokens_bl, _, _ = jax.lax.while_loop(keep_going, body, init)
-    return tokens_bl
+    for bucket in buckets:
+        if bucket != buckets[0]:
+            state = (*state[:4], model.extend_decode_cache(state[4], bucket))
+
+        def keep_going(state, bucket=bucket):
+            step, _, _, done_b, _ = state
+            return (step < bucket) & ~jnp.all(done_b)
+
+        state = jax.lax.while_loop(keep_going, body, state)
+    return state[2]
 
 
 def greedy_decode_uncached(

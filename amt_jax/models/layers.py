@@ -433,6 +433,33 @@ class MultiHeadAttention(nnx.Module):
         context = constrain(context, ("batch", self.q_axis, "heads", "kv"))
         return self.out(context)
 
+    def project_kv_heads_major(self, inputs_kv: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys / values as [batch, heads, kv_length, kv]: the layout :meth:`attend_cached`
+        reads, so a decode step contracts them without re-laying them out."""
+        key_bkhd, value_bkhd = self.project_kv(inputs_kv)
+        return jnp.transpose(key_bkhd, (0, 2, 1, 3)), jnp.transpose(value_bkhd, (0, 2, 1, 3))
+
+    def attend_cached(
+        self,
+        query_bqhd: jax.Array,
+        key_bhkd: jax.Array,
+        value_bhkd: jax.Array,
+        mask_bhqk: jax.Array | None,
+    ) -> jax.Array:
+        """Deterministic attention over heads-major keys / values, then the out projection.
+
+        The same math as :meth:`attend`; keys and values are [batch, heads, k, kv], so both
+        einsums batch over (batch, heads) as their leading axes and XLA reads the decode
+        cache in place instead of transposing all of it at every step.
+        """
+        scores_bhqk = jnp.einsum("bqhd,bhkd->bhqk", query_bqhd, key_bhkd).astype(jnp.float32)
+        if mask_bhqk is not None:
+            scores_bhqk = scores_bhqk + jnp.where(mask_bhqk, 0.0, NEG_INF)
+        probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(self.dtype)
+        context_bqhd = jnp.einsum("bhqk,bhkd->bqhd", probs_bhqk, value_bhkd)
+        context_bqhd = constrain(context_bqhd, ("batch", self.q_axis, "heads", "kv"))
+        return self.out(context_bqhd)
+
     def __call__(
         self,
         inputs_q: jax.Array,

@@ -32,6 +32,10 @@ SAMPLE_RATE = 16_000
 SEGMENT_SAMPLES = 32_768
 HOP_LENGTH = 128
 
+#: logical axes of a decode cache entry: [batch, heads, slots, kv] (heads-major, so a
+#: step's attention reads it in place)
+CACHE_AXES = ("batch", "heads", "length", "kv")
+
 
 @dataclasses.dataclass(frozen=True)
 class MT3Config:
@@ -246,25 +250,29 @@ class DecoderLayer(nnx.Module):
         cache: tuple[jax.Array, jax.Array],
         cross_kv: tuple[jax.Array, jax.Array],
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """One position: write its self-attention key/value at ``position``, attend <= it."""
-        cache_key, cache_value = cache
+        """One position: write its self-attention key/value at slot ``position`` of the
+        heads-major cache ([batch, heads, slots, kv]) and attend to slots <= it."""
+        key_bhtd, value_bhtd = cache
         attention = self.self_attention
         normed = self.pre_self_attention_layer_norm(x_b1d)
-        query = attention.project_query(normed)
-        key, value = attention.project_kv(normed)
-        start = (0, position, 0, 0)
-        cache_key = jax.lax.dynamic_update_slice(cache_key, key.astype(cache_key.dtype), start)
-        cache_value = jax.lax.dynamic_update_slice(
-            cache_value, value.astype(cache_value.dtype), start
+        query_b1hd = attention.project_query(normed)
+        key_bh1d, value_bh1d = attention.project_kv_heads_major(normed)
+        start = (0, 0, position, 0)
+        key_bhtd = jax.lax.dynamic_update_slice(key_bhtd, key_bh1d.astype(key_bhtd.dtype), start)
+        value_bhtd = jax.lax.dynamic_update_slice(
+            value_bhtd, value_bh1d.astype(value_bhtd.dtype), start
         )
-        cache_names = ("batch", "length", "heads", "kv")
-        cache_key = constrain(cache_key, cache_names)
-        cache_value = constrain(cache_value, cache_names)
-        visible = (jnp.arange(cache_key.shape[1]) <= position)[None, None, None, :]
-        attended = attention.attend(query, cache_key, cache_value, visible, deterministic=True)
-        x_b1d = x_b1d + attended
-        y_b1d = self._cross_and_mlp(x_b1d, *cross_kv, None, True)
-        return y_b1d, (cache_key, cache_value)
+        key_bhtd = constrain(key_bhtd, CACHE_AXES)
+        value_bhtd = constrain(value_bhtd, CACHE_AXES)
+        visible_111t = (jnp.arange(key_bhtd.shape[2]) <= position)[None, None, None, :]
+        x_b1d = x_b1d + attention.attend_cached(query_b1hd, key_bhtd, value_bhtd, visible_111t)
+        x_b1d = constrain(x_b1d, ("batch", "length", "embed"))
+        cross = self.encoder_decoder_attention
+        query_b1hd = cross.project_query(self.pre_cross_attention_layer_norm(x_b1d))
+        x_b1d = x_b1d + cross.attend_cached(query_b1hd, *cross_kv, None)
+        x_b1d = constrain(x_b1d, ("batch", "length", "embed"))
+        x_b1d = x_b1d + self.mlp(self.pre_mlp_layer_norm(x_b1d), deterministic=True)
+        return constrain(x_b1d, ("batch", "length", "embed")), (key_bhtd, value_bhtd)
 
 
 class Encoder(nnx.Module):
@@ -364,17 +372,35 @@ class Decoder(nnx.Module):
     def init_cache(
         self, batch_size: int, max_length: int
     ) -> tuple[tuple[jax.Array, jax.Array], ...]:
-        shape = (batch_size, max_length, self.config.num_heads, self.config.head_dim)
+        """Zero self-attention keys / values, [batch, heads, max_length, kv] per layer."""
+        shape = (batch_size, self.config.num_heads, max_length, self.config.head_dim)
         dtype = jnp.dtype(self.config.dtype)
         return tuple(
             (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(len(self.layers))
         )
 
+    @staticmethod
+    def extend_cache(
+        cache: tuple[tuple[jax.Array, jax.Array], ...], length: int
+    ) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        """The cache with zero slots appended up to ``length`` (the filled slots kept)."""
+
+        def extend(entry_bhtd: jax.Array) -> jax.Array:
+            extra = length - entry_bhtd.shape[2]
+            if extra < 0:
+                raise ValueError(f"cannot shrink a {entry_bhtd.shape[2]}-slot cache to {length}")
+            return constrain(jnp.pad(entry_bhtd, ((0, 0), (0, 0), (0, extra), (0, 0))), CACHE_AXES)
+
+        return jax.tree.map(extend, cache)
+
     def precompute_cross_kv(
         self, encoded_btd: jax.Array
     ) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        """Cross-attention keys / values of every layer, [batch, heads, time, kv], once per
+        batch (a decode step only reads them)."""
         return tuple(
-            layer.encoder_decoder_attention.project_kv(encoded_btd) for layer in self.layers
+            layer.encoder_decoder_attention.project_kv_heads_major(encoded_btd)
+            for layer in self.layers
         )
 
     def decode_step(
@@ -398,9 +424,10 @@ class Decoder(nnx.Module):
 class MT3Model(TranscriptionModel):
     """MT3 behind the :class:`TranscriptionModel` protocol.
 
-    Batch keys: ``audio_bs`` float [batch, 32768] at 16 kHz (or ``inputs_btf`` log-mel
-    [batch, frames, 512]), ``targets_bl`` int32 token ids (0 = PAD, 1 = EOS) and,
-    optionally, ``decoder_input_bl`` (otherwise targets shifted right with 0 as BOS).
+    Batch keys: ``audio_bs`` float [batch, 128 * inputs_length] at 16 kHz (32768 for MT3;
+    or ``inputs_btf`` log-mel [batch, frames, 512]), ``targets_bl`` int32 token ids
+    (0 = PAD, 1 = EOS) and, optionally, ``decoder_input_bl`` (otherwise targets shifted
+    right with 0 as BOS).
     """
 
     family = "mt3"
@@ -409,6 +436,8 @@ class MT3Model(TranscriptionModel):
 
     def __init__(self, config: MT3Config, *, rngs: nnx.Rngs):
         self.config = config
+        # a segment is inputs_length frames: 256 (2.048 s) for MT3, 512 for ismir2021
+        self.segment_samples = config.inputs_length * HOP_LENGTH
         self.encoder = Encoder(config, rngs=rngs)
         self.decoder = Decoder(config, rngs=rngs)
 
@@ -442,7 +471,8 @@ class MT3Model(TranscriptionModel):
         if audio_bs.ndim != 2 or audio_bs.shape[1] != self.segment_samples:
             raise ValueError(
                 f"MT3Model expects audio_bs of shape [batch, {self.segment_samples}] "
-                f"(2.048 s at {self.sample_rate} Hz), got shape {tuple(audio_bs.shape)}"
+                f"({self.segment_samples / self.sample_rate:g} s at {self.sample_rate} Hz), "
+                f"got shape {tuple(audio_bs.shape)}"
             )
         if not jnp.issubdtype(audio_bs.dtype, jnp.floating):
             raise ValueError(f"MT3Model expects floating-point audio, got dtype {audio_bs.dtype}")
@@ -481,6 +511,9 @@ class MT3Model(TranscriptionModel):
 
     def init_decode_cache(self, batch_size: int, max_length: int) -> Any:
         return self.decoder.init_cache(batch_size, max_length)
+
+    def extend_decode_cache(self, cache: Any, length: int) -> Any:
+        return self.decoder.extend_cache(cache, length)
 
     def precompute_cross_kv(self, encoded_btd: jax.Array) -> Any:
         return self.decoder.precompute_cross_kv(encoded_btd)
@@ -532,7 +565,8 @@ class MT3Model(TranscriptionModel):
         return {"tokens": tokens_bl}
 
     def segment(self, audio_s: np.ndarray) -> Segments:
-        """Consecutive 2.048 s segments (the last zero-padded), as MT3 infers."""
+        """Consecutive segments of ``inputs_length`` frames (2.048 s for MT3, 4.096 s for
+        ismir2021; the last zero-padded), as MT3 infers."""
         return consecutive_segments(len(audio_s), self.segment_samples, self.sample_rate)
 
     def stitch(self, outputs: Mapping[str, np.ndarray], *, num_samples: int) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Greedy decoding: KV cache equals full recomputation; EOS / PAD / early-exit logic."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 from flax import nnx
 
 from amt_jax.models import decoding
-from amt_jax.models.t5 import MT3Config, MT3Model
+from amt_jax.models.t5 import T5_SMALL, MT3Config, MT3Model
 
 VOCAB = 64
 
@@ -54,9 +56,13 @@ def test_decode_step_logits_match_teacher_forced_decoder(tiny_model, encoded):
 
 
 def test_cached_and_uncached_greedy_decoding_agree(tiny_model, encoded):
+    """Same tokens from the cached decoder stepping through 8-, 16- and 24-slot caches."""
+    assert decoding.cache_buckets(24, 8) == [8, 16, 24]
     decode = nnx.jit(
         lambda model, encoded, use_cache: (
-            decoding.greedy_decode if use_cache else decoding.greedy_decode_uncached
+            functools.partial(decoding.greedy_decode, first_bucket=8)
+            if use_cache
+            else decoding.greedy_decode_uncached
         )(model, encoded, max_length=24),
         static_argnums=2,
     )
@@ -68,6 +74,46 @@ def test_cached_and_uncached_greedy_decoding_agree(tiny_model, encoded):
     assert len({tuple(row) for row in cached}) == 3 and (cached != 0).any()
 
 
+def _random_full_size_model() -> MT3Model:
+    """T5-small with random weights drawn on the host (nnx's initialisers take ~40 s for
+    46 M parameters on a loaded 2-core CPU): N(0, 1 / fan-in) kernels, unit norm scales."""
+    abstract = nnx.eval_shape(lambda: MT3Model.from_config(T5_SMALL, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(0)
+
+    def fill(leaf):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        if len(leaf.shape) == 1:
+            return jnp.ones(leaf.shape, leaf.dtype)
+        draws = rng.standard_normal(leaf.shape, dtype=np.float32)
+        return jnp.asarray(draws / np.sqrt(leaf.shape[0]))
+
+    return nnx.merge(graphdef, jax.tree.map(fill, state))
+
+
+def test_full_size_cached_decoding_matches_the_reference_across_buckets():
+    """T5-small (MT3's size): the cached decoder's tokens equal full recomputation's over
+    8 steps that cross a cache-bucket boundary (4 -> 8 slots)."""
+    model = _random_full_size_model()
+    # unit-RMS stand-in for the encoder's (RMS-normed) output: the encoder is not under test
+    encoded_btd = jax.random.normal(jax.random.key(1), (1, T5_SMALL.inputs_length, 512))
+
+    @functools.partial(nnx.jit, static_argnums=2)
+    def decode(model, encoded_btd, use_cache):
+        if use_cache:
+            return decoding.greedy_decode(
+                model, encoded_btd, max_length=8, eos_id=-1, first_bucket=4
+            )
+        return decoding.greedy_decode_uncached(model, encoded_btd, max_length=8, eos_id=-1)
+
+    cached = np.asarray(decode(model, encoded_btd, True))
+    np.testing.assert_array_equal(cached, np.asarray(decode(model, encoded_btd, False)))
+    assert len(set(cached.ravel().tolist())) > 2
+
+
 class ScriptedDecoder:
     """A decoder whose step ``t`` for row ``b`` puts all mass on ``script[b, t]``."""
 
@@ -77,6 +123,9 @@ class ScriptedDecoder:
 
     def init_decode_cache(self, batch_size, max_length):
         return jnp.zeros((), jnp.int32)
+
+    def extend_decode_cache(self, cache, length):
+        return cache
 
     def precompute_cross_kv(self, encoded_btd):
         return None
@@ -118,6 +167,10 @@ def test_rows_stop_at_eos_and_loop_exits_early(monkeypatch):
     tokens = decoding.greedy_decode_uncached(model, encoded, max_length=8, eos_id=1)
     np.testing.assert_array_equal(np.asarray(tokens), expected)
     assert steps_taken == [5, 5]
+    # cache buckets of 2, 4, 8 slots: one loop each, the last stops after step 4
+    tokens = decoding.greedy_decode(model, encoded, max_length=8, eos_id=1, first_bucket=2)
+    np.testing.assert_array_equal(np.asarray(tokens), expected)
+    assert steps_taken[2:] == [2, 4, 5]
     # no EOS anywhere: runs to max_length
     no_eos = ScriptedDecoder(np.full((2, 6), 4, np.int32))
     tokens = decoding.greedy_decode(no_eos, jnp.zeros((2, 2, 4)), max_length=6, eos_id=1)
