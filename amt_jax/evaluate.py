@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, TranscriptionError) as error:  # CheckpointError is a ValueError
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 1
+    except KeyError as error:  # an unknown task name (amt_jax.data.tasks.get_task)
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

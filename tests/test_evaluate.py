@@ -81,3 +81,8 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
     assert "has no config.gin" in capsys.readouterr().err
     assert evaluate.main(["--workdir", "gs://bucket/run"]) == 1
     assert "gs:// storage is not supported" in capsys.readouterr().err
+    with open(tmp_path / "config.gin", "w") as f:
+        f.write("task_eval_tracks.task_name = 'no_such_task'\n")
+    assert evaluate.main(["--workdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown task 'no_such_task'") and err.count("\n") == 1
