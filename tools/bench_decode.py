@@ -12,6 +12,11 @@ issue 17, kept in this file (:func:`previous_greedy_decode`: one loop over a ful
 the cross-attention keys / values); ``uncached``, full recomputation of the decoder at
 every step (:func:`amt_jax.models.decoding.greedy_decode_uncached`).
 
+``--devices N`` gives JAX N CPU devices (:func:`amt_jax.infer.transcribe.use_cpu_cores`)
+and splits the library decoder's batch rows over them, as :class:`Transcriber` does for
+MT3; the baseline stays on one device, as it shipped. ``--devices 1`` shows the library
+decoder alone on one device.
+
 Both decoders run on the same random weights and the same encoder output; EOS is
 disabled (``eos_id=-1``) so each call decodes exactly ``length`` steps for every row.
 Compilation is excluded (one warm-up call each). Each round runs both decoders once in
@@ -37,6 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from amt_jax.infer import transcribe as transcribe_lib  # noqa: E402
 from amt_jax.models import decoding, layers  # noqa: E402
 from amt_jax.models.t5 import T5_SMALL, MT3Config, MT3Model  # noqa: E402
 
@@ -121,8 +127,20 @@ BASELINES = {
 }
 
 
-def bench_config(name: str, batch: int, length: int, rounds: int, against: str) -> dict:
-    """The library's cached decoder against a baseline, same weights, rounds interleaved."""
+def _split_rows(model, encoded_btd, num_devices: int):
+    """Model replicated and encoder rows split over the first ``num_devices`` devices."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("rows",))
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
+    return nnx.merge(graphdef, state), jax.device_put(encoded_btd, rows)
+
+
+def bench_config(
+    name: str, batch: int, length: int, rounds: int, against: str, devices: int = 1
+) -> dict:
+    """The library's cached decoder (rows over ``devices``) against a baseline on one
+    device, same weights, rounds interleaved."""
     config = CONFIGS[name]
     model = nnx.jit(lambda: MT3Model.from_config(config, rngs=nnx.Rngs(0)))()
     inputs_btf = jax.random.normal(jax.random.key(1), (batch, config.inputs_length, 512))
@@ -135,11 +153,14 @@ def bench_config(name: str, batch: int, length: int, rounds: int, against: str) 
         ),
         against: nnx.jit(lambda model, enc: baseline(model, enc, max_length=length, eos_id=-1)),
     }
+    arguments = {against: (model, encoded), "cached": (model, encoded)}
+    if devices > 1:
+        arguments["cached"] = _split_rows(model, encoded, devices)
     tokens = {}
     compile_s = {}
     for key, fn in decoders.items():
         start = time.perf_counter()
-        tokens[key] = np.asarray(jax.block_until_ready(fn(model, encoded)))
+        tokens[key] = np.asarray(jax.block_until_ready(fn(*arguments[key])))
         compile_s[key] = time.perf_counter() - start
     if not np.array_equal(tokens["cached"], tokens[against]):
         raise AssertionError(f"{name}: cached and {against} decoding disagree")
@@ -152,7 +173,7 @@ def bench_config(name: str, batch: int, length: int, rounds: int, against: str) 
         this_round = {}
         for key in order[r % 2 :] + order[: r % 2]:
             start = time.perf_counter()
-            jax.block_until_ready(decoders[key](model, encoded))
+            jax.block_until_ready(decoders[key](*arguments[key]))
             this_round[key] = time.perf_counter() - start
             times[key].append(this_round[key])
         ratios.append(this_round[against] / this_round["cached"])
@@ -164,6 +185,7 @@ def bench_config(name: str, batch: int, length: int, rounds: int, against: str) 
         "length": length,
         "rounds": rounds,
         "against": against,
+        "cached_devices": devices,
         "params": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
         "first_call_s": {k: round(v, 2) for k, v in compile_s.items()},
         "median_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
@@ -227,7 +249,15 @@ def main() -> None:
         default="",
         help="e.g. small:2,8:32 = cached tokens/s of config small at batch 2 and 8, 32 steps",
     )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="CPU devices the library decoder's rows are split over (baseline: one)",
+    )
     args = parser.parse_args()
+    if args.devices > 1 and transcribe_lib.use_cpu_cores(args.devices) is None:
+        raise SystemExit("--devices: JAX's CPU device count is already set (XLA_FLAGS?)")
     print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
     if args.batch_scaling:
         name, batches, length = args.batch_scaling.split(":")
@@ -242,11 +272,12 @@ def main() -> None:
         shapes = [shape.split("x") for shape in args.small_shapes.split(",")]
         runs = [("small", int(batch), int(length)) for batch, length in shapes]
     for name, batch, length in runs:
-        result = bench_config(name, batch, length, args.rounds, args.against)
+        result = bench_config(name, batch, length, args.rounds, args.against, args.devices)
         print(json.dumps(result), flush=True)
         tokens_per_s = result["tokens_per_s"]
         print(
-            f"{name}: batch {batch} x {length} steps: cached {tokens_per_s['cached']} tok/s, "
+            f"{name}: batch {batch} x {length} steps: cached ({args.devices} device(s)) "
+            f"{tokens_per_s['cached']} tok/s, "
             f"{args.against} {tokens_per_s[args.against]} tok/s -> "
             f"{result['speedup']}x (range {result['speedup_range']}), tokens identical, "
             f"load average {result['load_average_1min']}",

@@ -4,7 +4,7 @@
     python tools/bench_transcribe.py speed --bp-python /path/to/venv/bin/python
     python tools/bench_transcribe.py stages                # amt_jax's time per stage (60 s file)
     python tools/bench_transcribe.py memory                # 7 m 45 s file, every model family
-    python tools/bench_transcribe.py mt3 --batch-sizes 8,16  # MT3 on a 3-minute piece
+    python tools/bench_transcribe.py mt3 --variants 4:1:float32,16:2:bfloat16  # 3-min MT3
 
 speed: the same 60 s synthetic polyphonic wav (``amt_jax.audio.testsignals``) is
 transcribed by amt_jax (NMP with Basic Pitch's imported weights, whole pipeline: file read,
@@ -38,10 +38,12 @@ imported; ``--trace-dir`` writes its RSS once a second.
 
 mt3: wall time, real-time factor and peak RSS of MT3 (published size, random weights)
 transcribing a 3-minute synthetic polyphonic piece (88 segments), one fresh process per
-batch size, ``transcribe()`` called ``--repeat`` times (the first call compiles). Random
-weights never emit EOS, so each segment is made to stop at a step in ``--tokens`` (default
-200-400, what MT3 emits on real music), fixed by the segment's audio
-(``make_mt3_stop_after``); a batch decodes until its longest row is done.
+variant (batch size, CPU devices the rows are split over, weights dtype, refilled rows or
+fixed batches), ``transcribe()`` called ``--repeat`` times (the first call compiles).
+Random weights never emit EOS, so each segment is made to stop at a step in ``--tokens``
+(default 200-400, what MT3 emits on real music), fixed by the segment's audio
+(``make_mt3_stop_after``). With fixed batches a batch decodes until its longest row is
+done; with refilled rows (the default) a finished row takes the next segment.
 """
 
 from __future__ import annotations
@@ -422,8 +424,10 @@ def make_mt3_stop_after(lowest: int, highest: int) -> None:
 
     def decode_step_with_eos(self, token_b, position, cache, cross_kv):
         logits_bv, cache = decode_step(self, token_b, position, cache, cross_kv)
+        # a count of positive keys, not a float hash: bf16 weights move it by a few steps
+        # at most, so float32 and bf16 runs decode (nearly) the same number of tokens
         key_bhtd = cross_kv[0][0]
-        digest_b = jnp.abs(jnp.sum(key_bhtd, axis=(1, 2, 3))) * 1e3
+        digest_b = jnp.sum(key_bhtd > 0, axis=(1, 2, 3))
         stop_b = lowest + (digest_b % span).astype(jnp.int32)
         eos_bv = logits_bv.at[:, self.config.eos_id].set(1e9)
         return jnp.where((position >= stop_b)[:, None], eos_bv, logits_bv), cache
@@ -446,14 +450,21 @@ def transcribe_one(args) -> None:
     kwargs = {"random_weights": args.model != "nmp"}
     if args.batch_size:
         kwargs["batch_size"] = args.batch_size
+    if args.devices:
+        from amt_jax.infer.transcribe import use_cpu_cores
+
+        use_cpu_cores(args.devices)
+        kwargs["devices"] = args.devices
+    if args.weights_dtype:
+        kwargs["weights_dtype"] = args.weights_dtype
+    if args.fixed_batches:
+        kwargs["refill_rows"] = False
     transcriber = Transcriber(args.model, **kwargs)
     if args.model == "mt3" and args.mt3_tokens:
         make_mt3_stop_after(*(int(x) for x in args.mt3_tokens.split(":")))
     elif args.model == "mt3" and not args.mt3_full_decode:
-        from flax import nnx
-
         make_mt3_stop_at_first_token(transcriber.model)
-        transcriber._state = nnx.split(transcriber.model)[1]  # the weights the jit sees
+        transcriber.reload_weights()  # the weights the jit sees
     stages["model built"] = memory_status_mb()["peak"]
     call_seconds = []
     for _ in range(args.repeat):
@@ -464,6 +475,9 @@ def transcribe_one(args) -> None:
     report = {
         "model": args.model,
         "batch_size": transcriber.batch_size,
+        "devices": len(transcriber.devices),
+        "weights_dtype": args.weights_dtype or "float32",
+        "rows": "fixed batches" if args.fixed_batches else "refilled",
         "notes": len(result.sequence.notes),
         "seconds": round(time.perf_counter() - started, 1),
         "transcribe_seconds": call_seconds,
@@ -486,15 +500,19 @@ def mt3_speed(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_transcribe_mt3_") as workdir:
         path = os.path.join(workdir, "piece.wav")
         write_test_file(path, args.seconds, 44100)
-        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        for variant in args.variants.split(","):
+            batch_size, devices, weights_dtype, *rows = variant.split(":")
             command = [time_binary, "-v", sys.executable, __file__, "one", "--model", "mt3"]
-            command += ["--batch-size", str(batch_size), "--repeat", str(args.repeat)]
+            command += ["--batch-size", batch_size, "--repeat", str(args.repeat)]
+            command += ["--devices", devices, "--weights-dtype", weights_dtype]
+            if rows == ["fixed"]:
+                command += ["--fixed-batches"]
             command += ["--mt3-tokens", args.tokens, path]
             load = os.getloadavg()[0]
             run = subprocess.run(command, capture_output=True, text=True)
             match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
             if run.returncode != 0 or not match:
-                print(f"batch {batch_size}: failed\n{run.stderr[-2000:]}", flush=True)
+                print(f"{variant}: failed\n{run.stderr[-2000:]}", flush=True)
                 continue
             child = json.loads(run.stdout.strip().splitlines()[-1])
             result = {
@@ -506,9 +524,10 @@ def mt3_speed(args) -> dict:
                 ],
                 **child,
             }
-            results[batch_size] = result
+            results[variant] = result
             print(
-                f"MT3, {args.seconds:.0f} s piece, batch {batch_size}: transcribe() "
+                f"MT3, {args.seconds:.0f} s piece, batch {batch_size}, {devices} device(s), "
+                f"{weights_dtype} weights, {child['rows']} rows: transcribe() "
                 f"{result['transcribe_seconds']} s (first call compiles), real-time factor "
                 f"{result['real_time_factor']}, {child['tokens_decoded']} tokens in "
                 f"{child['segments']} segments, peak RSS {result['peak_rss_mb']} MB, load "
@@ -586,7 +605,13 @@ def main() -> None:
     )
     mt3_parser = sub.add_parser("mt3")
     mt3_parser.add_argument("--seconds", type=float, default=180.0)
-    mt3_parser.add_argument("--batch-sizes", default="16", help="one fresh process each")
+    mt3_parser.add_argument(
+        "--variants",
+        default="4:1:float32:fixed,16:2:float32,16:2:bfloat16",
+        help="BATCH:DEVICES:WEIGHTS_DTYPE[:fixed],... one fresh process each (DEVICES: CPU "
+        "devices the rows are split over; fixed: batches decode to their longest row "
+        "instead of refilling rows)",
+    )
     mt3_parser.add_argument("--repeat", type=int, default=2, help="transcribe() calls")
     mt3_parser.add_argument(
         "--tokens", default="200:400", help="EOS at a step in LO:HI of each segment"
@@ -599,6 +624,11 @@ def main() -> None:
     one_parser.add_argument("--mt3-full-decode", action="store_true")
     one_parser.add_argument("--mt3-tokens", help="random MT3 emits EOS at a step in LO:HI")
     one_parser.add_argument("--repeat", type=int, default=1)
+    one_parser.add_argument("--devices", type=int, help="CPU devices to split rows over")
+    one_parser.add_argument("--weights-dtype", choices=("float32", "bfloat16"))
+    one_parser.add_argument(
+        "--fixed-batches", action="store_true", help="MT3: no row refilling (as before)"
+    )
     one_parser.add_argument("file")
     args = parser.parse_args()
     modes = {

@@ -47,7 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
         "model.json gives the family and config; required for mt3/onsets_frames",
     )
     parser.add_argument(
-        "--batch-size", type=int, help="windows per model call (default: nmp 4, mt3 4, O&F 1)"
+        "--batch-size",
+        type=int,
+        help="windows per model call (default: nmp 4, mt3 4, O&F 1)",
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        help="devices a call's rows are split over (default: every CPU core for mt3, else 1)",
+    )
+    parser.add_argument(
+        "--weights-dtype",
+        choices=("float32", "bfloat16"),
+        help="mt3: bfloat16 weights, float32 accumulation (faster on CPUs with bf16 units; "
+        "tokens may differ where two logits are within bf16 rounding; default float32)",
     )
     parser.add_argument("--csv", action="store_true", help="also write a note CSV")
     parser.add_argument(
@@ -246,18 +259,24 @@ def main(argv: list[str] | None = None, *, compilation_cache: bool = False) -> i
     except ValueError as error:
         parser.error(str(error))
 
-    if compilation_cache:
-        enable_compilation_cache()
     from tqdm import tqdm
 
     from amt_jax.audio.io import AudioError
     from amt_jax.infer import transcribe as transcribe_lib
 
+    if compilation_cache:  # the entry points: this process is ours to set up
+        enable_compilation_cache()
+        transcribe_lib.use_cpu_cores()
+    settings = {
+        "batch_size": args.batch_size,
+        "devices": args.devices,
+        "weights_dtype": args.weights_dtype,
+    }
     try:
         transcriber = transcribe_lib.get_transcriber(
             args.model,
             args.checkpoint,
-            **({"batch_size": args.batch_size} if args.batch_size else {}),
+            **{name: value for name, value in settings.items() if value is not None},
         )
     except transcribe_lib.TranscriptionError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -38,6 +38,7 @@ from note_seq.protobuf import music_pb2
 
 from amt_jax.audio import io as audio_io
 from amt_jax.heap import release_freed_heap
+from amt_jax.infer import refill as refill_lib
 from amt_jax.models import base, checkpoints, families
 
 #: windows per model call, chosen for speed and peak memory on long files
@@ -47,6 +48,16 @@ from amt_jax.models import base, checkpoints, families
 #: row adds 39 MB of decoding state (25 MB of it the KV cache at 1024 tokens); a batch
 #: of 8 peaks at 1040 MB, 4 at 898 MB. Notes do not depend on the batch.
 DEFAULT_BATCH_SIZES = {"nmp": 4, "onsets_frames": 1, "mt3": 4}
+#: MT3 windows handed to the refilling decoder at once (:mod:`amt_jax.infer.refill`);
+#: bounds the audio and encoder outputs held for a long file (256 windows: 32 MB + 128 MB)
+REFILL_WINDOWS = 256
+#: families whose batch rows are split over the local devices by default. MT3's decoder
+#: reads its key/value caches through batched matrix-vector products, which XLA:CPU runs
+#: on one thread per device: with the rows split over one CPU device per core
+#: (:func:`use_cpu_cores`), 32 x 512 decoding runs 1.4x faster, tokens unchanged.
+SPLIT_ROWS_BY_DEFAULT = ("mt3",)
+#: ``weights_dtype`` values (bfloat16: MT3 only, the dense layers' bf16-weights form)
+WEIGHTS_DTYPES = ("float32", "bfloat16")
 MODEL_FAMILIES = families.NAMES
 _BLOCK_FRAMES = 1 << 18
 #: at most one ``malloc_trim`` per this many seconds (each costs tens of ms)
@@ -162,6 +173,74 @@ def random_model(family: str, config: Any = None, seed: int = 0) -> nnx.Module:
     return model
 
 
+# --- devices and weights ---------------------------------------------------------------------
+
+
+def use_cpu_cores(count: int | None = None) -> int | None:
+    """Give JAX one CPU device per core (default: the cores this process may run on), so
+    :class:`Transcriber` can split a batch's rows over them.
+
+    Only possible before JAX starts its backends, and only when the user has not chosen
+    a device count (``XLA_FLAGS=--xla_force_host_platform_device_count`` or
+    ``JAX_NUM_CPU_DEVICES``); returns the count set, or None when it left JAX alone.
+    The entry points (``amt-jax``, ``python -m amt_jax.transcribe``) call it first.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    if os.environ.get("JAX_NUM_CPU_DEVICES"):
+        return None
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return None
+    count = count or len(os.sched_getaffinity(0))
+    jax.config.update("jax_num_cpu_devices", count)
+    return count
+
+
+def _row_devices(family: str, devices: Any, batch_size: int) -> list[Any]:
+    """Devices a batch's rows are split over: ``devices`` (a count, a list, or None for
+    the family's default), cut to the largest number that divides ``batch_size``."""
+    available = jax.local_devices()
+    if devices is None:
+        devices = len(available) if family in SPLIT_ROWS_BY_DEFAULT else 1
+    if isinstance(devices, int):
+        if not 1 <= devices <= len(available):
+            raise TranscriptionError(
+                f"devices={devices}: this process has {len(available)} "
+                f"{jax.default_backend()} device(s)"
+            )
+        devices = available[:devices]
+    devices = list(devices)
+    count = max(k for k in range(1, len(devices) + 1) if batch_size % k == 0)
+    return devices[:count]
+
+
+def with_weights_dtype(model: nnx.Module, dtype: str) -> nnx.Module:
+    """``model`` with its parameters stored as ``dtype`` (MT3: ``config.param_dtype``)."""
+    if dtype not in WEIGHTS_DTYPES:
+        raise TranscriptionError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {dtype!r}")
+    config = model.config
+    if getattr(config, "param_dtype", "float32") == dtype:
+        return model
+    if model.family != "mt3":
+        raise TranscriptionError(
+            f"weights_dtype={dtype!r} is implemented for mt3 only, not {model.family}"
+        )
+    config = dataclasses.replace(config, param_dtype=dtype)
+    graphdef, wanted = nnx.split(
+        nnx.eval_shape(lambda: type(model).from_config(config, rngs=nnx.Rngs(0)))
+    )
+
+    def cast(value, like):
+        floating = jnp.issubdtype(getattr(value, "dtype", None), jnp.floating)
+        return value.astype(like.dtype) if floating else value
+
+    cast_model = nnx.merge(graphdef, jax.tree.map(cast, nnx.state(model), wanted))
+    cast_model.eval()
+    return cast_model
+
+
 # --- the transcriber -------------------------------------------------------------------------
 
 
@@ -177,6 +256,17 @@ class Transcriber:
     ``batch_size``: windows per model call; a file's last windows go in calls of
     power-of-two sizes, so no call computes padding rows and the function compiles for at
     most log2(batch_size) + 1 shapes.
+    ``devices``: how many local devices (or which) a call's rows are split over; default
+    all for MT3 (:data:`SPLIT_ROWS_BY_DEFAULT`), one otherwise. A call with fewer rows than
+    devices repeats its last row; outputs do not depend on the split.
+    ``refill_rows`` (MT3): decode through :class:`amt_jax.infer.refill.RefillDecoder`,
+    whose ``batch_size`` rows take the next window as soon as theirs emits EOS (same
+    tokens as fixed batches, without waiting for each batch's longest row). Off by
+    default: on a 2-core CPU it is no faster at batch 16 and peaks higher
+    (docs/benchmarks.md).
+    ``weights_dtype``: ``"bfloat16"`` stores MT3's weights in bf16 and multiplies in bf16
+    with float32 accumulation (2-3x faster GEMMs on CPUs with bf16 units; tokens may
+    differ from float32 where two logits are within bf16 rounding).
     """
 
     def __init__(
@@ -191,6 +281,9 @@ class Transcriber:
         vocabulary: Any = None,
         max_decode_length: int | None = None,
         step: int | None = None,
+        devices: int | list[Any] | None = None,
+        weights_dtype: str = "float32",
+        refill_rows: bool = False,
     ):
         if model is not None:
             families.get(model)  # a clear error for unknown names
@@ -221,10 +314,20 @@ class Transcriber:
                     f"reference_runs/{family.name}"
                 )
         self.family = self.model.family
+        self.model = with_weights_dtype(self.model, weights_dtype)
         self.batch_size = batch_size or DEFAULT_BATCH_SIZES[self.family]
         predict_options = {} if max_decode_length is None else {"max_length": max_decode_length}
-        graphdef, state = nnx.split(self.model)
-        self._state = state
+        graphdef = nnx.graphdef(self.model)
+        self.devices = _row_devices(self.family, devices, self.batch_size)
+        self._rows_sharding = None
+        if len(self.devices) > 1:
+            mesh = jax.sharding.Mesh(np.array(self.devices), ("rows",))
+            self._rows_sharding = jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec("rows")
+            )
+        self._refill_rows = self.family == "mt3" and refill_rows
+        self._max_decode_length = max_decode_length
+        self.reload_weights()
 
         def predict(state, audio_bs):
             return nnx.merge(graphdef, state).predict({"audio_bs": audio_bs}, **predict_options)
@@ -232,6 +335,22 @@ class Transcriber:
         self._predict = jax.jit(predict)
         self._last_trim = -math.inf
         release_freed_heap()  # what building the model (and random init) left behind
+
+    def reload_weights(self) -> None:
+        """Place ``self.model``'s current weights on the devices (after editing them)."""
+        self._refill = None
+        self._state = nnx.state(self.model)
+        if self._refill_rows:
+            self._state = None  # the refilling decoder holds the only device copy
+            self._refill = refill_lib.RefillDecoder(
+                self.model,
+                slots=self.batch_size,
+                devices=self.devices,
+                max_length=self._max_decode_length or self.model.config.targets_length,
+            )
+        elif self._rows_sharding is not None:
+            replicated = self._rows_sharding.update(spec=jax.sharding.PartitionSpec())
+            self._state = jax.device_put(self._state, replicated)
 
     @property
     def sample_rate(self) -> int:
@@ -243,8 +362,17 @@ class Transcriber:
 
     def predict_batch(self, batch_bs: np.ndarray) -> dict[str, np.ndarray]:
         """Model outputs (host numpy) of one batch of windows [rows, window samples]."""
-        outputs = self._predict(self._state, jnp.asarray(batch_bs))
-        outputs = {name: np.asarray(value) for name, value in outputs.items()}
+        if self._refill is not None:
+            return {"tokens": self._refill(batch_bs)}
+        rows = batch_bs.shape[0]
+        if self._rows_sharding is None:
+            audio_bs = jnp.asarray(batch_bs)
+        else:
+            padded = -rows % len(self.devices)  # repeat the last row: it ends when that one does
+            audio_bs = np.concatenate([batch_bs, np.repeat(batch_bs[-1:], padded, axis=0)])
+            audio_bs = jax.device_put(audio_bs, self._rows_sharding)
+        outputs = self._predict(self._state, audio_bs)
+        outputs = {name: np.asarray(value)[:rows] for name, value in outputs.items()}
         if time.perf_counter() - self._last_trim > _TRIM_INTERVAL_S:
             release_freed_heap()  # first call: the compiler's memory; then call temporaries
             self._last_trim = time.perf_counter()
@@ -270,8 +398,11 @@ class Transcriber:
                 f"{where} is too short to transcribe: {length_ms:.1f} ms, the {self.family} "
                 f"model needs at least {needed_ms:.1f} ms"
             )
+        calls = {"batch_size": self.batch_size}
+        if self._refill is not None:  # rows refill across the calls' windows
+            calls = {"batch_size": REFILL_WINDOWS, "plan": base.fixed_batches}
         notes, stats, outputs = base.transcribe_segments(
-            self.model, audio_s, self.predict_batch, self.batch_size, options=options
+            self.model, audio_s, self.predict_batch, options=options, **calls
         )
         posteriors = self.model.stitch(outputs, num_samples=audio_s.shape[0])
         return Transcription(notes, posteriors, audio_s.shape[0], self.sample_rate, stats)
@@ -363,4 +494,6 @@ __all__ = [
     "random_model",
     "read_mono",
     "transcribe",
+    "use_cpu_cores",
+    "with_weights_dtype",
 ]

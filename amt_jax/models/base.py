@@ -100,13 +100,15 @@ def predict_segments(
     batch_size: int,
     *,
     pad_to_batch: bool = False,
+    plan: Callable[[int, int], list[int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every window through ``predict``; outputs concatenated in window order.
 
     ``pad_to_batch``: every call gets exactly ``batch_size`` rows (one compiled shape, as
-    the trainer's sharded predict needs); otherwise :func:`power_of_two_batches`.
+    the trainer's sharded predict needs); otherwise ``plan`` gives the calls' row counts
+    (default :func:`power_of_two_batches`).
     """
-    plan = fixed_batches if pad_to_batch else power_of_two_batches
+    plan = fixed_batches if pad_to_batch else (plan or power_of_two_batches)
     parts: dict[str, list[np.ndarray]] = {}
     first = 0
     for rows in plan(len(segments), batch_size):
@@ -200,6 +202,7 @@ def transcribe_segments(
     batch_size: int,
     *,
     pad_to_batch: bool = False,
+    plan: Callable[[int, int], list[int]] | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> tuple[music_pb2.NoteSequence, dict[str, float], dict[str, np.ndarray]]:
     """One track -> (notes, decoder stats, per-window outputs): the shared inference path."""
@@ -211,7 +214,9 @@ def transcribe_segments(
             f"{model.min_samples} samples ({1e3 * model.min_samples / model.sample_rate:.1f} ms)"
         )
     segments = model.segment(audio_s)
-    outputs = predict_segments(segments, audio_s, predict, batch_size, pad_to_batch=pad_to_batch)
+    outputs = predict_segments(
+        segments, audio_s, predict, batch_size, pad_to_batch=pad_to_batch, plan=plan
+    )
     notes, stats = model.outputs_to_notes(
         outputs,
         num_samples=audio_s.shape[0],

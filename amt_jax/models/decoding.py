@@ -15,7 +15,7 @@ the baseline of ``tools/bench_decode.py``.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -146,3 +146,122 @@ def greedy_decode_uncached(
 
     _, tokens_bl, _ = jax.lax.while_loop(keep_going, body, init)
     return tokens_bl
+
+
+# --- slots: rows that decode independent segments, refilled as they finish --------------------
+
+
+class Slots(NamedTuple):
+    """A batch of decoding rows, each on its own segment and at its own step.
+
+    A row that emits EOS stops (``live_b`` false) and can be refilled with the next
+    waiting segment (:func:`refill_slot`) while the others go on, so a batch no longer
+    runs at the pace of its longest row. Row ``i`` has decoded ``position_b[i]`` tokens
+    of its segment, stored in ``tokens_bl[i]`` as :func:`greedy_decode` stores them.
+    """
+
+    cache: Any
+    cross_kv: Any
+    position_b: jax.Array
+    previous_b: jax.Array
+    tokens_bl: jax.Array
+    live_b: jax.Array
+
+
+def start_slots(
+    model: CachedDecoder,
+    encoded_btd: jax.Array,
+    live_b: jax.Array,
+    *,
+    max_length: int,
+    cache_length: int,
+) -> Slots:
+    """Slots for ``encoded_btd``'s rows (rows with ``live_b`` false wait for a refill)."""
+    batch_size = encoded_btd.shape[0]
+    return Slots(
+        cache=model.init_decode_cache(batch_size, cache_length),
+        cross_kv=model.precompute_cross_kv(encoded_btd),
+        position_b=jnp.zeros((batch_size,), jnp.int32),
+        previous_b=jnp.full((batch_size,), BOS_ID, jnp.int32),
+        tokens_bl=jnp.zeros((batch_size, max_length), jnp.int32),
+        live_b=jnp.asarray(live_b, bool),
+    )
+
+
+def refill_slot(
+    model: CachedDecoder, slots: Slots, encoded_1td: jax.Array, slot: jax.Array
+) -> Slots:
+    """Row ``slot`` restarted on a new segment (its cache needs no reset: a row only
+    attends to the slots it has written since its start)."""
+
+    def put(entry, row):
+        return jax.lax.dynamic_update_index_in_dim(entry, row[0].astype(entry.dtype), slot, 0)
+
+    cross_kv = jax.tree.map(put, slots.cross_kv, model.precompute_cross_kv(encoded_1td))
+    return slots._replace(
+        cross_kv=cross_kv,
+        position_b=slots.position_b.at[slot].set(0),
+        previous_b=slots.previous_b.at[slot].set(BOS_ID),
+        tokens_bl=slots.tokens_bl.at[slot].set(0),
+        live_b=slots.live_b.at[slot].set(True),
+    )
+
+
+def resize_slots(model: CachedDecoder, slots: Slots, cache_length: int) -> Slots:
+    """The cache grown (zero slots appended) or cut to ``cache_length`` slots; cutting
+    is the caller's promise that no live row has reached ``cache_length``."""
+    current = jax.tree.leaves(slots.cache)[0].shape[2]
+    if cache_length >= current:
+        return slots._replace(cache=model.extend_decode_cache(slots.cache, cache_length))
+    return slots._replace(cache=jax.tree.map(lambda x: x[:, :, :cache_length], slots.cache))
+
+
+def decode_slots(
+    model: CachedDecoder,
+    slots: Slots,
+    *,
+    steps: int,
+    eos_id: int,
+    stop_on_finish: jax.Array,
+) -> Slots:
+    """Up to ``steps`` greedy steps of every live row; stops early when every row is
+    done, when a live row reaches the end of the cache (the caller grows it), or, with
+    ``stop_on_finish``, as soon as a row finishes (the caller refills it).
+
+    A row's tokens are those :func:`greedy_decode` gives its segment alone.
+    """
+    batch_size, max_length = slots.tokens_bl.shape
+    cache_length = jax.tree.leaves(slots.cache)[0].shape[2]
+    rows_b = jnp.arange(batch_size)
+
+    def keep_going(state):
+        step, finished, slots = state
+        furthest = jnp.max(jnp.where(slots.live_b, slots.position_b, 0))
+        return (
+            (step < steps)
+            & jnp.any(slots.live_b)
+            & ~(stop_on_finish & finished)
+            & (furthest < cache_length)
+        )
+
+    def body(state):
+        step, finished, slots = state
+        logits_bv, cache = model.decode_step(
+            slots.previous_b, slots.position_b, slots.cache, slots.cross_kv
+        )
+        next_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        next_b = jnp.where(slots.live_b, next_b, 0)
+        tokens_bl = slots.tokens_bl.at[rows_b, slots.position_b].set(next_b, mode="drop")
+        ended_b = slots.live_b & ((next_b == eos_id) | (slots.position_b + 1 >= max_length))
+        slots = Slots(
+            cache=cache,
+            cross_kv=slots.cross_kv,
+            position_b=slots.position_b + slots.live_b.astype(jnp.int32),
+            previous_b=next_b,
+            tokens_bl=tokens_bl,
+            live_b=slots.live_b & ~ended_b,
+        )
+        return step + 1, finished | jnp.any(ended_b), slots
+
+    state = (jnp.asarray(0, jnp.int32), jnp.asarray(False), slots)
+    return jax.lax.while_loop(keep_going, body, state)[2]

@@ -47,6 +47,10 @@ class MT3Config:
       config, so the workdir's model record carries it to evaluation and transcription).
     dtype: activation dtype (``"float32"`` or ``"bfloat16"``); parameters, norms, softmax
       and logits stay float32.
+    param_dtype: parameter storage dtype. ``"bfloat16"`` with ``dtype="float32"`` is the
+      bf16-weights inference form (``Transcriber(weights_dtype="bfloat16")``): every
+      dense layer multiplies in bf16 and accumulates in float32; activations, norms,
+      attention and the decode cache stay float32.
     inputs_length / targets_length: frames per segment and maximum target (decode) length.
     max_position: rows of the fixed sinusoidal position table (shared by both sides).
     loss_normalization: ``"sum"`` (t5x / MT3) or ``"mean"`` over non-padding tokens.
@@ -251,21 +255,31 @@ class DecoderLayer(nnx.Module):
         cross_kv: tuple[jax.Array, jax.Array],
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """One position: write its self-attention key/value at slot ``position`` of the
-        heads-major cache ([batch, heads, slots, kv]) and attend to slots <= it."""
+        heads-major cache ([batch, heads, slots, kv]) and attend to slots <= it.
+
+        ``position``: one for all rows (a scalar), or one per row ([batch]: rows decoding
+        different segments at different steps, :func:`decoding.decode_slots`)."""
         key_bhtd, value_bhtd = cache
         attention = self.self_attention
         normed = self.pre_self_attention_layer_norm(x_b1d)
         query_b1hd = attention.project_query(normed)
         key_bh1d, value_bh1d = attention.project_kv_heads_major(normed)
-        start = (0, 0, position, 0)
-        key_bhtd = jax.lax.dynamic_update_slice(key_bhtd, key_bh1d.astype(key_bhtd.dtype), start)
-        value_bhtd = jax.lax.dynamic_update_slice(
-            value_bhtd, value_bh1d.astype(value_bhtd.dtype), start
-        )
+        key_bh1d = key_bh1d.astype(key_bhtd.dtype)
+        value_bh1d = value_bh1d.astype(value_bhtd.dtype)
+        slots_t = jnp.arange(key_bhtd.shape[2])
+        if jnp.ndim(position) == 0:
+            start = (0, 0, position, 0)
+            key_bhtd = jax.lax.dynamic_update_slice(key_bhtd, key_bh1d, start)
+            value_bhtd = jax.lax.dynamic_update_slice(value_bhtd, value_bh1d, start)
+            visible_b11t = (slots_t <= position)[None, None, None, :]
+        else:
+            rows_b = jnp.arange(key_bhtd.shape[0])
+            key_bhtd = key_bhtd.at[rows_b, :, position].set(key_bh1d[:, :, 0], mode="drop")
+            value_bhtd = value_bhtd.at[rows_b, :, position].set(value_bh1d[:, :, 0], mode="drop")
+            visible_b11t = (slots_t[None, :] <= position[:, None])[:, None, None, :]
         key_bhtd = constrain(key_bhtd, CACHE_AXES)
         value_bhtd = constrain(value_bhtd, CACHE_AXES)
-        visible_111t = (jnp.arange(key_bhtd.shape[2]) <= position)[None, None, None, :]
-        x_b1d = x_b1d + attention.attend_cached(query_b1hd, key_bhtd, value_bhtd, visible_111t)
+        x_b1d = x_b1d + attention.attend_cached(query_b1hd, key_bhtd, value_bhtd, visible_b11t)
         x_b1d = constrain(x_b1d, ("batch", "length", "embed"))
         cross = self.encoder_decoder_attention
         query_b1hd = cross.project_query(self.pre_cross_attention_layer_norm(x_b1d))
@@ -410,10 +424,15 @@ class Decoder(nnx.Module):
         cache: tuple[tuple[jax.Array, jax.Array], ...],
         cross_kv: tuple[tuple[jax.Array, jax.Array], ...],
     ) -> tuple[jax.Array, tuple[tuple[jax.Array, jax.Array], ...]]:
-        """Logits [batch, vocab] for the token at ``position`` given the cached prefix."""
+        """Logits [batch, vocab] for the token at ``position`` (a scalar, or one per row)
+        given the cached prefix."""
         table = _positions(self.config, self.config.max_position)
         x_b1d = self.token_embedder(token_b[:, None])
-        x_b1d = x_b1d + jax.lax.dynamic_slice_in_dim(table, position, 1)[None].astype(x_b1d.dtype)
+        if jnp.ndim(position) == 0:
+            position_1d = jax.lax.dynamic_slice_in_dim(table, position, 1)[None]
+        else:
+            position_1d = jnp.take(table, position, axis=0, mode="clip")[:, None]
+        x_b1d = x_b1d + position_1d.astype(x_b1d.dtype)
         new_cache = []
         for layer, layer_cache, layer_cross in zip(self.layers, cache, cross_kv, strict=True):
             x_b1d, layer_cache = layer.decode_step(x_b1d, position, layer_cache, layer_cross)
