@@ -3,7 +3,7 @@
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
-    "jax>=0.10,<0.11",
+    "jax>=0.10,<0.13",
     "flax>=0.12,<0.13",
     "optax>=0.2.4,<0.3",
     "orbax-checkpoint>=0.11,<0.13",
@@ -39,7 +39,7 @@ EXTRAS_REQUIRE = {
         "ruff>=0.17,<0.18",  # `make lint` checks formatting: one formatter version
     ],
     # libtpu describes TPU topologies on any host, for tools/aot_compile.py (no TPU needed)
-    "tpu-aot": ["jax[tpu]>=0.10,<0.11"],
+    "tpu-aot": ["jax[tpu]>=0.10,<0.13"],
 }
 
 setup(
@@ -49,7 +49,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["amt_jax", "amt_jax.*"]),
-    python_requires=">=3.10,<3.13",
+    python_requires=">=3.10,<3.14",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["amt-jax = amt_jax.infer.cli:console_main"]},

@@ -49,6 +49,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=None,
         help="gin bindings ('; '-separated) of a second variant to compile side by side",
     )
+    parser.add_argument(
+        "--top_ops",
+        type=int,
+        default=0,
+        help="print the N top-level instructions that move the most HBM data (estimate)",
+    )
+    parser.add_argument("--hlo_out", default=None, help="write the compiled program's HLO here")
     bindings, rest = [], []
     for arg in argv:
         if arg.startswith("--gin.") and "=" in arg:
@@ -90,6 +97,17 @@ def roofline_table(report) -> str:
             f"  {key:<8} {row['compute_seconds'] * 1e3:>11.3g} {row['memory_seconds'] * 1e3:>9.3g} "
             f"{row['bound_seconds'] * 1e3:>9.3g} {row['bound_by']:>9} {row['roofline_mfu']:>13.2f}"
         )
+    return "\n".join(lines)
+
+
+def top_ops_table(report, count: int) -> str:
+    """The instructions of the compiled program that move the most HBM data."""
+    from amt_jax.train import aot
+
+    rows = aot.traffic_by_op(report.hlo_text, top=count)
+    lines = [f"\nTop {len(rows)} instructions by operand + result bytes (an HBM-traffic estimate):"]
+    for num_bytes, opcode, name in rows:
+        lines.append(f"  {num_bytes / 1024**2:>10.1f} MiB  {opcode:<14} {name[-110:]}")
     return "\n".join(lines)
 
 
@@ -137,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         report = compile_variant(args, bindings, label)
         print(report.format())
         print(roofline_table(report))
+        if args.top_ops:
+            print(top_ops_table(report, args.top_ops))
+        if args.hlo_out:
+            with open(args.hlo_out, "w") as handle:
+                handle.write(report.hlo_text)
         if extra:
             other = compile_variant(args, bindings + extra, f"{label} + {'; '.join(extra)}")
             print("\n" + other.format())

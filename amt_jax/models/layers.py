@@ -9,15 +9,19 @@ and the trainer turns the names into mesh shardings with the rules in force
 The numerics follow T5.1.1 as used by MT3: no biases, RMSNorm without mean subtraction,
 no 1/sqrt(d) attention scaling at run time (it is folded into the query initialisation).
 
-What is written here is the plain form (t5x's ``dot_product_attention``, ``lax.dot_general``
-dense layers, ``nnx.Dropout``). The ``kernels`` argument of the layers picks XLA:CPU's
-forms from :mod:`amt_jax.models.cpu_kernels` instead (same values and gradients):
-``"reference"``, ``"cpu"``, or ``"auto"`` = ``"cpu"`` when the step is compiled for CPU
-(:func:`amt_jax.models.platform.target_platform`), resolved while tracing.
+What is written here is the plain form (``jax.nn.dot_product_attention``, which XLA or
+cuDNN may fuse on GPU; ``lax.dot_general`` dense layers; ``nnx.Dropout``). The ``kernels``
+argument of the layers picks a platform's forms of the same math instead (same values and
+gradients): ``"cpu"``, XLA:CPU's forms from :mod:`amt_jax.models.cpu_kernels`; ``"tpu"``,
+attention through the Pallas flash-attention kernel (:mod:`amt_jax.models.tpu_kernels`);
+``"reference"``; or ``"auto"`` = the compile target's own form (``"cpu"`` on CPU, ``"tpu"`` on
+TPU, ``"reference"`` elsewhere; :func:`amt_jax.models.platform.target_platform`), resolved
+while tracing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -27,14 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from amt_jax.models import cpu_kernels, platform
+from amt_jax.models import cpu_kernels, platform, tpu_kernels
 from amt_jax.partitioning.axes import LOGICAL_AXES, constrain
 
 #: large negative score for masked attention positions (t5x uses the same magnitude)
 NEG_INF = -1e10
 
 #: values of the layers' ``kernels`` argument (and of ``MT3Config.kernels``)
-KERNELS = ("auto", "reference", "cpu")
+KERNELS = ("auto", "reference", "cpu", "tpu")
 
 Initializer = jax.nn.initializers.Initializer
 
@@ -45,9 +49,52 @@ def check_kernels(kernels: str) -> str:
     return kernels
 
 
+def resolve_kernels(kernels: str) -> str:
+    """The concrete form ``kernels`` means for the step being traced now."""
+    if kernels != "auto":
+        return kernels
+    return {"cpu": "cpu", "tpu": "tpu"}.get(platform.target_platform(), "reference")
+
+
 def uses_cpu_kernels(kernels: str) -> bool:
     """Whether ``kernels`` means XLA:CPU's forms for the step being traced now."""
-    return platform.resolve_auto(kernels, cpu="cpu", other="reference") == "cpu"
+    return resolve_kernels(kernels) == "cpu"
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=("query_valid_bq", "key_valid_bk"),
+    meta_fields=("causal",),
+)
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+    """Which keys each query may see, kept factored: causal and per-position validity.
+
+    The reference forms expand it to a dense [batch, 1, q, k] mask (:meth:`dense`); the
+    flash-attention kernel takes the factors as they are and never builds the dense mask.
+    """
+
+    causal: bool = False
+    query_valid_bq: jax.Array | None = None
+    key_valid_bk: jax.Array | None = None
+
+    def dense(self, q_length: int, k_length: int) -> jax.Array | None:
+        """Boolean [batch or 1, 1, q, k], or None when every query sees every key."""
+        mask = None
+        if self.causal:
+            positions_q, positions_k = jnp.arange(q_length), jnp.arange(k_length)
+            mask = (positions_k[None, :] <= positions_q[:, None])[None, None]
+        if self.query_valid_bq is not None or self.key_valid_bk is not None:
+            query_valid = (
+                jnp.ones((1, q_length), bool) if self.query_valid_bq is None
+                else self.query_valid_bq
+            )  # fmt: skip
+            key_valid = (
+                jnp.ones((1, k_length), bool) if self.key_valid_bk is None else self.key_valid_bk
+            )
+            valid = padding_mask(query_valid, key_valid)
+            mask = valid if mask is None else mask & valid
+        return mask
 
 
 def axis_metadata(*names: str) -> dict[str, object]:
@@ -289,20 +336,34 @@ def dot_product_attention(
 ) -> jax.Array:
     """T5's attention of projected queries over keys / values -> context [b, q, h, d].
 
-    Unscaled scores plus an additive mask bias, a float32 softmax over keys, and dropout on
-    the probabilities with one mask for every query position (t5x ``broadcast_dropout``).
+    Unscaled scores (float32) plus an additive mask bias, a float32 softmax over keys
+    (``jax.nn.dot_product_attention``), and dropout on the probabilities with one mask
+    for every query position (t5x ``broadcast_dropout``), applied as :func:`drop_values`.
     """
-    scores_bhqk = jnp.einsum("bqhd,bkhd->bhqk", query_bqhd, key_bkhd).astype(jnp.float32)
-    if bias_bhqk is not None:
-        scores_bhqk = scores_bhqk + bias_bhqk.astype(scores_bhqk.dtype)
-    probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(dtype)
-    if dropout_key is not None and dropout_rate > 0.0:
-        keep_prob = 1.0 - dropout_rate
-        batch, heads, _, keys = probs_bhqk.shape
-        keep_bh1k = jax.random.bernoulli(dropout_key, keep_prob, (batch, heads, 1, keys))
-        scaled = probs_bhqk / jnp.asarray(keep_prob, probs_bhqk.dtype)
-        probs_bhqk = jnp.where(keep_bh1k, scaled, jnp.zeros_like(probs_bhqk))
-    return jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk, value_bkhd)
+    value_bkhd = drop_values(value_bkhd, dropout_key, dropout_rate)
+    query_bqhd, key_bkhd, value_bkhd = (x.astype(dtype) for x in (query_bqhd, key_bkhd, value_bkhd))
+    bias = None if bias_bhqk is None else bias_bhqk.astype(jnp.float32)
+    return jax.nn.dot_product_attention(query_bqhd, key_bkhd, value_bkhd, bias=bias, scale=1.0)
+
+
+def drop_values(
+    value_bkhd: jax.Array, dropout_key: jax.Array | None, dropout_rate: float
+) -> jax.Array:
+    """Probability dropout shared by every query, applied to the values it multiplies.
+
+    With one keep mask m[b, h, k] for all queries, ``sum_k (p_qk m_k / keep) v_k`` equals
+    ``sum_k p_qk (m_k v_k / keep)``: dropping value rows is t5x's broadcast dropout exactly,
+    and costs a pass over [b, k, h, d] instead of the [b, h, q, k] probabilities (which the
+    flash kernel never materialises at all).
+    """
+    if dropout_key is None or dropout_rate <= 0.0:
+        return value_bkhd
+    keep_prob = 1.0 - dropout_rate
+    batch, keys, heads, _ = value_bkhd.shape
+    keep_bh1k = jax.random.bernoulli(dropout_key, keep_prob, (batch, heads, 1, keys))
+    keep_bkh1 = jnp.transpose(keep_bh1k, (0, 3, 1, 2))
+    scaled = value_bkhd / jnp.asarray(keep_prob, value_bkhd.dtype)
+    return jnp.where(keep_bkh1, scaled, jnp.zeros_like(value_bkhd))
 
 
 class GatedGeluMlp(nnx.Module):
@@ -419,28 +480,48 @@ class MultiHeadAttention(nnx.Module):
         query_bqhd: jax.Array,
         key_bkhd: jax.Array,
         value_bkhd: jax.Array,
-        mask_bhqk: jax.Array | None,
+        mask: AttentionMask | jax.Array | None,
         *,
         deterministic: bool | None = None,
     ) -> jax.Array:
-        """Attention of projected queries over projected keys/values, then the out proj."""
-        # the mask as an additive bias, not a select on the scores: its backward is the
-        # identity, where a select would cost one more pass over the [b, h, q, k] gradient
-        bias_bhqk = None if mask_bhqk is None else jnp.where(mask_bhqk, 0.0, NEG_INF)
-        attention = (
-            cpu_kernels.dot_product_attention
-            if uses_cpu_kernels(self.kernels)
-            else dot_product_attention
-        )
-        context = attention(
-            query_bqhd,
-            key_bkhd,
-            value_bkhd,
-            bias_bhqk,
-            dropout_key=self.dropout.next_key(deterministic=deterministic),
-            dropout_rate=self.dropout.rate,
-            dtype=self.dtype,
-        )
+        """Attention of projected queries over projected keys/values, then the out proj.
+
+        ``mask``: an :class:`AttentionMask`, a dense boolean [batch or 1, 1, q, k], or None.
+        """
+        dropout_key = self.dropout.next_key(deterministic=deterministic)
+        form = resolve_kernels(self.kernels)
+        if form == "tpu":
+            mask = AttentionMask() if mask is None else mask
+            if not isinstance(mask, AttentionMask):
+                raise ValueError(
+                    "the flash-attention kernel takes an AttentionMask, not a dense mask"
+                )
+            context = tpu_kernels.flash_attention(
+                query_bqhd.astype(self.dtype),
+                key_bkhd.astype(self.dtype),
+                drop_values(value_bkhd, dropout_key, self.dropout.rate).astype(self.dtype),
+                causal=mask.causal,
+                query_valid_bq=mask.query_valid_bq,
+                key_valid_bk=mask.key_valid_bk,
+            )
+        else:
+            if isinstance(mask, AttentionMask):
+                mask = mask.dense(query_bqhd.shape[1], key_bkhd.shape[1])
+            # the mask as an additive bias, not a select on the scores: its backward is the
+            # identity, where a select would cost one more pass over the [b, h, q, k] gradient
+            bias_bhqk = None if mask is None else jnp.where(mask, 0.0, NEG_INF)
+            attention = (
+                cpu_kernels.dot_product_attention if form == "cpu" else dot_product_attention
+            )
+            context = attention(
+                query_bqhd,
+                key_bkhd,
+                value_bkhd,
+                bias_bhqk,
+                dropout_key=dropout_key,
+                dropout_rate=self.dropout.rate,
+                dtype=self.dtype,
+            )
         context = constrain(context, ("batch", self.q_axis, "heads", "kv"))
         return self.out(context)
 
@@ -475,13 +556,13 @@ class MultiHeadAttention(nnx.Module):
         self,
         inputs_q: jax.Array,
         inputs_kv: jax.Array,
-        mask_bhqk: jax.Array | None = None,
+        mask: AttentionMask | jax.Array | None = None,
         *,
         deterministic: bool | None = None,
     ) -> jax.Array:
         key, value = self.project_kv(inputs_kv)
         return self.attend(
-            self.project_query(inputs_q), key, value, mask_bhqk, deterministic=deterministic
+            self.project_query(inputs_q), key, value, mask, deterministic=deterministic
         )
 
 

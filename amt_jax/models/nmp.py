@@ -49,7 +49,7 @@ from amt_jax.audio import basic_pitch_constants as bp
 from amt_jax.audio.basic_pitch_constants import N_CQT_BINS, SAMPLE_RATE, WINDOW_SAMPLES  # noqa: F401
 from amt_jax.audio.cqt import basic_pitch_cqt, normalized_log
 from amt_jax.audio.harmonic import harmonic_shifts, harmonic_stack
-from amt_jax.models import nmp_convs
+from amt_jax.models import nmp_convs, platform
 from amt_jax.models.base import Batch, Segments, TranscriptionModel, static_sample_rate
 from amt_jax.models.layers import axis_metadata
 
@@ -104,9 +104,10 @@ class NMPConfig:
     unit_norm_epsilon: float = 1e-7  # Keras backend epsilon used by UnitNorm
     positive_onset_weight: float | None = 0.95
     label_smoothing: float = 0.0
-    #: operand dtype of the convs and the CQT's matmuls ("float32" or "bfloat16"); params,
-    #: BatchNorm statistics, sigmoids and losses are always float32
-    dtype: str = "float32"
+    #: operand dtype of the convs and the CQT's matmuls: "float32", "bfloat16", or "auto"
+    #: (float32 when built for CPU, bfloat16 on accelerators); params, BatchNorm
+    #: statistics, sigmoids and losses are always float32
+    dtype: str = "auto"
     #: output bins per GEMM block of the contour conv and of the contour output conv
     contour_block: int = 24
     contour_out_block: int = 8
@@ -117,8 +118,10 @@ class NMPConfig:
     conv_impl: str = "auto"
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"NMPConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in platform.DTYPES:
+            raise ValueError(
+                f"NMPConfig.dtype must be one of {platform.DTYPES}, got {self.dtype!r}"
+            )
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(
                 f"NMPConfig.conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}"
@@ -173,7 +176,7 @@ class _Conv(nnx.Module):
         self.freq_stride = freq_stride
         self.block = block
         self.conv_impl = config.conv_impl
-        self.dtype = config.dtype
+        self.dtype = platform.resolve_dtype(config.dtype)
 
     @property
     def weights(self) -> tuple[jax.Array, jax.Array]:
@@ -230,6 +233,8 @@ class NMP(TranscriptionModel):
     segment_samples = WINDOW_SAMPLES
 
     def __init__(self, config: NMPConfig = NMP_CONFIG, *, rngs: nnx.Rngs):
+        #: the dtype ``config.dtype`` means on the platform the model is built for
+        self.compute_dtype = platform.resolve_dtype(config.dtype)
         self.config = config
         bins = config.n_contour_bins
         self.input_norm = _batch_norm(1, config, rngs)
@@ -306,7 +311,7 @@ class NMP(TranscriptionModel):
         self, audio_bs: jax.Array, *, use_running_average: bool | None = None
     ) -> jax.Array:
         """Raw audio → CQT → NormalizedLog → input BatchNorm: [batch, frames, 309]."""
-        log_btf = normalized_log(basic_pitch_cqt(audio_bs, dtype=self.config.dtype))
+        log_btf = normalized_log(basic_pitch_cqt(audio_bs, dtype=self.compute_dtype))
         normed_btf = self.input_norm(log_btf[..., None], use_running_average=use_running_average)
         return constrain(normed_btf[..., 0], ("batch", "time", "freq"))
 

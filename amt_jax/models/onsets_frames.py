@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 
 from amt_jax.audio.mel import ONSETS_FRAMES_MEL, MelConfig, log_mel
+from amt_jax.models import platform
 from amt_jax.models.base import Batch, Segments, TranscriptionModel, static_sample_rate
 from amt_jax.models.layers import axis_metadata
 from amt_jax.notes import onsets_frames as postprocess
@@ -67,8 +68,9 @@ class OnsetsFramesConfig:
     #: ~0.1 % of cells) by saturating the BiLSTMs, which then stop learning: the e2e piece
     #: stays at onset posteriors < 0.04 after 300 steps with None and reaches 0.85 with 0.01.
     output_bias_prior: float | None = None
-    #: activation / matmul dtype ("float32" or "bfloat16"); parameters stay float32
-    dtype: str = "float32"
+    #: activation / matmul dtype: "float32", "bfloat16", or "auto" (float32 when built for
+    #: CPU, bfloat16 on accelerators); parameters stay float32
+    dtype: str = "auto"
     #: training / evaluation segment length (MAESTRO chunks are 5-20 s); a whole number of
     #: hops (20 s = 625 hops) so consecutive segments tile the frame grid
     segment_seconds: float = 20.0
@@ -81,8 +83,8 @@ class OnsetsFramesConfig:
     frame_threshold: float = 0.5
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in platform.DTYPES:
+            raise ValueError(f"dtype must be one of {platform.DTYPES}, got {self.dtype!r}")
         if self.output_bias_prior is not None and not 0 < self.output_bias_prior < 1:
             raise ValueError(
                 f"output_bias_prior must be a probability in (0, 1), got {self.output_bias_prior}"
@@ -113,7 +115,7 @@ class ConvStack(nnx.Module):
     """The per-head acoustic model: 3 conv/BN/ReLU blocks, pooling, dense + ReLU."""
 
     def __init__(self, config: OnsetsFramesConfig, *, rngs: nnx.Rngs):
-        self.dtype = jnp.dtype(config.dtype)
+        self.dtype = jnp.dtype(platform.resolve_dtype(config.dtype))
         self.convs = nnx.List()
         self.norms = nnx.List()
         self.dropouts = nnx.List()
@@ -298,7 +300,8 @@ class OnsetsFrames(TranscriptionModel):
     def __init__(self, config: OnsetsFramesConfig = ONSETS_FRAMES_CONFIG, *, rngs: nnx.Rngs):
         self.config = config
         self.segment_samples = int(round(config.segment_seconds * config.mel.sample_rate))
-        fc, pitches, dtype = config.fc_size, config.n_pitches, jnp.dtype(config.dtype)
+        fc, pitches = config.fc_size, config.n_pitches
+        dtype = jnp.dtype(platform.resolve_dtype(config.dtype))
         prior = config.output_bias_prior
         self.onset_stack = ConvStack(config, rngs=rngs)
         self.onset_lstm = BiLSTM(fc, config.lstm_units, input_axis="mlp", rngs=rngs, dtype=dtype)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from amt_jax.models import decoding, layers
+from amt_jax.models import decoding, layers, platform
 from amt_jax.models.base import Batch, Segments, TranscriptionModel, consecutive_segments
 from amt_jax.models.losses import sequence_loss_and_metrics
 from amt_jax.partitioning.axes import constrain
@@ -45,8 +45,10 @@ class MT3Config:
       128: 1536 for the ``mt3`` vocabulary).
     vocabulary: the token layout the model is trained on and decoded with (part of the
       config, so the workdir's model record carries it to evaluation and transcription).
-    dtype: activation dtype (``"float32"`` or ``"bfloat16"``); parameters, norms, softmax
-      and logits stay float32.
+    dtype: activation dtype: ``"float32"``, ``"bfloat16"`` or ``"auto"`` (float32 when the
+      model is built for CPU, bfloat16 on accelerators; resolved when the model is built,
+      :func:`amt_jax.models.platform.resolve_dtype`); parameters, norms, softmax and logits
+      stay float32.
     param_dtype: parameter storage dtype. ``"bfloat16"`` with ``dtype="float32"`` is the
       bf16-weights inference form (``Transcriber(weights_dtype="bfloat16")``): every
       dense layer multiplies in bf16 and accumulates in float32; activations, norms,
@@ -55,8 +57,9 @@ class MT3Config:
     max_position: rows of the fixed sinusoidal position table (shared by both sides).
     loss_normalization: ``"sum"`` (t5x / MT3) or ``"mean"`` over non-padding tokens.
     kernels: ``"reference"`` (plain T5), ``"cpu"`` (XLA:CPU's forms of the same math,
-      :mod:`amt_jax.models.cpu_kernels`) or ``"auto"``: ``"cpu"`` when the step is compiled
-      for CPU, else ``"reference"`` (:mod:`amt_jax.models.platform`).
+      :mod:`amt_jax.models.cpu_kernels`), ``"tpu"`` (attention through the Pallas flash
+      kernel, :mod:`amt_jax.models.tpu_kernels`) or ``"auto"``: the form of the platform the
+      step is compiled for, ``"reference"`` on GPU (:mod:`amt_jax.models.platform`).
     """
 
     vocab_size: int = 1536
@@ -72,7 +75,7 @@ class MT3Config:
     inputs_length: int = 256
     targets_length: int = 1024
     max_position: int = 2048
-    dtype: str = "float32"
+    dtype: str = "auto"
     param_dtype: str = "float32"
     layer_norm_epsilon: float = 1e-6
     z_loss: float = 1e-4
@@ -88,11 +91,12 @@ class MT3Config:
                 f"exceed the position table ({self.max_position} rows)"
             )
         layers.check_kernels(self.kernels)
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16"):
-                raise ValueError(
-                    f"{name} must be 'float32' or 'bfloat16', got {getattr(self, name)}"
-                )
+        if self.dtype not in platform.DTYPES:
+            raise ValueError(f"dtype must be one of {platform.DTYPES}, got {self.dtype!r}")
+        if self.param_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"param_dtype must be 'float32' or 'bfloat16', got {self.param_dtype!r}"
+            )
 
     @classmethod
     def tiny(cls, **overrides: Any) -> MT3Config:
@@ -126,7 +130,10 @@ T5_SMALL = MT3Config()
 
 
 def _dtypes(config: MT3Config) -> dict[str, jnp.dtype]:
-    return {"dtype": jnp.dtype(config.dtype), "param_dtype": jnp.dtype(config.param_dtype)}
+    return {
+        "dtype": jnp.dtype(platform.resolve_dtype(config.dtype)),
+        "param_dtype": jnp.dtype(config.param_dtype),
+    }
 
 
 def _residual_dropout(config: MT3Config, rngs: nnx.Rngs) -> layers.Dropout:
@@ -216,7 +223,7 @@ class DecoderLayer(nnx.Module):
         x_bld: jax.Array,
         cross_key: jax.Array,
         cross_value: jax.Array,
-        cross_mask: jax.Array | None,
+        cross_mask: layers.AttentionMask | None,
         deterministic: bool | None,
     ) -> jax.Array:
         query = self.encoder_decoder_attention.project_query(
@@ -235,8 +242,8 @@ class DecoderLayer(nnx.Module):
         self,
         x_bld: jax.Array,
         encoded_btd: jax.Array,
-        self_mask: jax.Array,
-        cross_mask: jax.Array | None,
+        self_mask: layers.AttentionMask,
+        cross_mask: layers.AttentionMask | None,
         *,
         deterministic: bool | None = None,
     ) -> jax.Array:
@@ -368,13 +375,14 @@ class Decoder(nnx.Module):
         padding queries. Encoder positions are never masked (MT3).
         """
         length = decoder_input_bl.shape[1]
-        self_mask = layers.causal_mask(length)
+        self_mask = layers.AttentionMask(causal=True)
         cross_mask = None
         if decoder_target_bl is not None:
             valid_bl = decoder_target_bl != self.config.pad_id
-            self_mask = self_mask & layers.padding_mask(valid_bl, valid_bl)
-            time_valid = jnp.ones(encoded_btd.shape[:2], bool)
-            cross_mask = layers.padding_mask(valid_bl, time_valid)
+            self_mask = layers.AttentionMask(
+                causal=True, query_valid_bq=valid_bl, key_valid_bk=valid_bl
+            )
+            cross_mask = layers.AttentionMask(query_valid_bq=valid_bl)
         x_bld = self.token_embedder(decoder_input_bl)
         x_bld = x_bld + _positions(self.config, length).astype(x_bld.dtype)
         x_bld = self.dropout(x_bld, deterministic=deterministic)
@@ -388,7 +396,7 @@ class Decoder(nnx.Module):
     ) -> tuple[tuple[jax.Array, jax.Array], ...]:
         """Zero self-attention keys / values, [batch, heads, max_length, kv] per layer."""
         shape = (batch_size, self.config.num_heads, max_length, self.config.head_dim)
-        dtype = jnp.dtype(self.config.dtype)
+        dtype = jnp.dtype(platform.resolve_dtype(self.config.dtype))
         return tuple(
             (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(len(self.layers))
         )

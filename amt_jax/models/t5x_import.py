@@ -47,7 +47,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from amt_jax.models import checkpoints
+from amt_jax.models import checkpoints, platform
 from amt_jax.models.t5 import MT3Config
 from amt_jax.vocab import layouts
 
@@ -552,8 +552,12 @@ def parity_forward(
     import jax.numpy as jnp
 
     config = model.config
-    if config.dtype != "float32" or config.param_dtype != "float32":
-        raise ValueError(f"the parity forward needs a float32 model, this one is {config.dtype}")
+    dtype = platform.resolve_dtype(config.dtype)
+    if dtype != "float32" or config.param_dtype != "float32":
+        raise ValueError(
+            f"the parity forward needs a float32 model, this one computes in {dtype} "
+            "(set MT3Config.dtype='float32')"
+        )
     inputs_btf = np.asarray(encoder_inputs_btf)
     tokens_bl = np.asarray(decoder_input_tokens_bl)
     if inputs_btf.ndim != 3 or inputs_btf.shape[-1] != config.input_depth:

@@ -203,6 +203,8 @@ class CompileReport:
     bytes_accessed_per_device: float
     lower_seconds: float
     compile_seconds: float
+    #: the compiled per-device program (``compiled.as_text()``), for :func:`traffic_by_op`
+    hlo_text: str = dataclasses.field(default="", repr=False)
 
     @property
     def peak_bytes(self) -> int:
@@ -361,7 +363,67 @@ def compile_train_step(
         bytes_accessed_per_device=float(cost.get("bytes accessed", 0.0)),
         lower_seconds=lowered_at - start,
         compile_seconds=compiled_at - lowered_at,
+        hlo_text=compiled.as_text() or "",
     )
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}  # fmt: skip
+_ARRAY_RE = re.compile(r"\b(pred|[suf](?:8|16|32|64)|bf16)\[([0-9,]*)\](\{[^}]*\})?")
+_INSTRUCTION_RE = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
+_OP_NAME_RE = re.compile(r'op_name="([^"]*)"')
+#: instructions that move no data through HBM by themselves
+_FREE_OPCODES = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast",
+                 "after-all", "partition-id", "replica-id", "opt-barrier"}  # fmt: skip
+
+
+def _array_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims, layout in _ARRAY_RE.findall(text):
+        if "S(1)" in layout:  # on-chip memory (VMEM), not HBM
+            continue
+        count = 1
+        for dim in filter(None, dims.split(",")):
+            count *= int(dim)
+        total += count * _DTYPE_BYTES[dtype]
+    return total
+
+
+def traffic_by_op(hlo_text: str, top: int = 20) -> list[tuple[int, str, str]]:
+    """The top-level instructions of a compiled program that move the most HBM data.
+
+    An estimate from the program text: each instruction of the entry computation reads its
+    operands and writes its result through HBM (fusions keep their insides on chip), so its
+    traffic is the size of both. Returns (bytes, opcode, JAX op name) rows, largest first:
+    what to look at when ``cost_analysis()``'s total is far above the activations' size.
+    """
+    rows: list[tuple[int, str, str]] = []
+    in_entry = False
+    for line in hlo_text.splitlines():
+        if line.startswith("ENTRY "):
+            in_entry = True
+            continue
+        if in_entry and line.startswith("}"):
+            break
+        match = _INSTRUCTION_RE.match(line) if in_entry else None
+        if match is None or match.group(2) in _FREE_OPCODES:
+            continue
+        result_type, opcode, rest = match.groups()
+        operands = rest.split("), ", 1)[0]
+        if opcode.endswith("-done"):  # an async pair's traffic is counted at its start
+            continue
+        if opcode.endswith("-start"):  # (operands, destination, context): count the operands
+            result_type = ""
+        name = _OP_NAME_RE.search(rest)
+        rows.append(
+            (
+                _array_bytes(result_type) + _array_bytes(operands),
+                opcode,
+                name.group(1) if name else "",
+            )
+        )
+    rows.sort(key=lambda row: -row[0])
+    return rows[:top]
 
 
 def state_bytes_per_device(shapes: Any) -> int:

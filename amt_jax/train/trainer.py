@@ -26,6 +26,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
+from amt_jax.models import platform
 from amt_jax.models.base import TranscriptionModel, merge_model, split_model
 from amt_jax.partitioning import axes
 from amt_jax.partitioning import mesh as mesh_lib
@@ -84,7 +85,9 @@ class Trainer:
         self.microbatches = microbatches
         self._factory = model_factory
 
-        with nnx.use_eager_sharding(False):
+        # platform-dependent settings (``dtype="auto"``) follow the devices the steps are
+        # compiled for, not the host
+        with nnx.use_eager_sharding(False), platform.building_for(self.platform):
             abstract_model = nnx.eval_shape(lambda: model_factory(nnx.Rngs(seed)))
         self.abstract_model = abstract_model
         self.param_projection = param_projection or _default_projection(abstract_model)
@@ -128,6 +131,11 @@ class Trainer:
         self._jit_cache: dict[Any, Callable] = {}
 
     # ------------------------------------------------------------------ state
+    @property
+    def platform(self) -> str:
+        """Platform of the mesh's devices (``"tpu"`` in an AOT compile from a CPU host)."""
+        return self.mesh.devices.flat[0].platform
+
     def _context(self):
         return _MeshContext(self.mesh, self.rules)
 
