@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
 
-from amt_jax.partitioning import axes
+from amt_jax.partitioning import axes, rules
 
 #: sequence lengths are padded to a multiple of this (the kernel's smallest key block)
 BLOCK_MULTIPLE = 128
@@ -69,25 +69,14 @@ def _segments(valid_bl: jax.Array | None, batch: int, length: int, padded: int) 
     return jnp.pad(ids_bl, ((0, 0), (0, padded - length)))
 
 
-def _heads_major_spec() -> jax.sharding.PartitionSpec | None:
-    """The mesh axes of [batch, heads, ...] under the logical rules, or None off a mesh."""
+def _heads_major_spec(shape: tuple[int, ...]) -> jax.sharding.PartitionSpec | None:
+    """Mesh axes of a [batch, heads, length, depth] operand under the logical rules in force
+    (axes that do not divide their dimension dropped), or None off a mesh."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
         return None
-    return axes.logical_to_spec(("batch", "heads", None, None), mesh_axes=mesh.axis_names)
-
-
-def _divisible(spec: jax.sharding.PartitionSpec, shape: tuple[int, ...]):
-    """``spec`` with the mesh axes that do not divide their dimension dropped."""
-    mesh = jax.sharding.get_abstract_mesh()
-    fixed = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-        size = 1
-        for name in names:
-            size *= mesh.shape[name]
-        fixed.append(entry if names and dim % size == 0 else None)
-    return jax.sharding.PartitionSpec(*fixed)
+    names = ("batch", "heads", None, None)
+    return rules.spec_for_shape(names, shape, mesh, axes.current_rules(), label="flash attention")
 
 
 def flash_attention(
@@ -135,11 +124,10 @@ def flash_attention(
             _segments(query_valid_bq, batch, q_length, q_padded),
             _segments(key_valid_bk, batch, k_length, k_padded),
         ]
-    spec = _heads_major_spec()
+    spec = _heads_major_spec(query_bhqd.shape)
     if spec is None:
         context_bhqd = kernel(*operands)
     else:
-        spec = _divisible(spec, query_bhqd.shape)
         specs = [spec] * 3 + [jax.sharding.PartitionSpec(spec[0], None)] * (len(operands) - 3)
         context_bhqd = jax.shard_map(
             kernel, in_specs=tuple(specs), out_specs=spec, check_vma=False

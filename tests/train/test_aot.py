@@ -299,3 +299,30 @@ def test_cli_prints_the_roofline_and_compares_two_variants(capsys, v5e_2x2):
     table = out[out.index("Side by side on TPU v5e") :]
     assert "HBM traffic per device (GiB)" in table and "ratio" in table
     assert "bound by" in out  # the plan says what bounds each row
+
+
+@needs_libtpu
+def test_mt3_compiled_for_tpu_runs_bf16_and_the_flash_kernel(v5e_2x2):
+    """The trainer's path on TPU: dtype "auto" builds bf16 and kernels "auto" lowers the
+    attention to the Pallas kernel (a Mosaic custom call), on a tiny MT3 whose 128 targets
+    and 128 frames are the kernel's block size."""
+    from amt_jax.train.main import parse_gin
+
+    chip, devices = v5e_2x2
+    parse_gin(
+        ["mt3.gin", "tiny/mt3.gin"],
+        ["MT3Config.targets_length = 128", "MT3Config.inputs_length = 128"],
+        [],
+    )
+    job = aot.train_job_from_gin()
+    trainer = aot.build_trainer(job, devices)
+    report = aot.compile_train_step(trainer, job.batch_size, chip)
+    attention = trainer.abstract_model.decoder.layers[0].self_attention
+    assert str(attention.dtype) == "bfloat16"
+    config = trainer.abstract_model.config
+    attentions = config.num_encoder_layers + 2 * config.num_decoder_layers
+    # per attention: the forward kernel and the backward's dq and dk/dv kernels
+    kernels = report.hlo_text.count('custom_call_target="tpu_custom_call"')
+    assert kernels == 3 * attentions
+    top = aot.traffic_by_op(report.hlo_text, top=5)
+    assert len(top) == 5 and top[0][0] >= top[-1][0] > 0
