@@ -25,14 +25,23 @@ INSTALL_REQUIRES = [
     "pyfluidsynth>=1.3,<2",
     "music21>=9,<11",
     "pyyaml>=6,<7",
+    # the streaming training input: index sampling, per-host shards, worker processes
+    "grain>=0.2.12,<0.3",
     # tools/import_mt3.py reads t5x checkpoints (msgpack file + zarr arrays)
     "msgpack>=1.0,<2",
     "tensorstore>=0.1.60,<0.2",
     "ml_dtypes>=0.4,<1",
 ]
 
+# Beam builds (amt_jax/data/builders/beam_build.py; docs/datasets.md "Big builds on Beam").
+# apache-beam 2.77 requires protobuf<7, and sentencepiece 0.2.3 (seqio's tokenizer) ships
+# code generated for protobuf>=7.36, which then fails to import: hold it below 0.2.3.
+BEAM_REQUIRES = ["apache-beam>=2.60,<3", "sentencepiece>=0.2.1,<0.2.3"]
+
 EXTRAS_REQUIRE = {
+    "beam": BEAM_REQUIRES,
     "test": [
+        *BEAM_REQUIRES,  # tests/data/test_beam_build.py builds on Beam's FnApiRunner
         "pytest>=8,<10",
         "pytest-xdist>=3.6,<4",  # `make test` runs on two processes
         "hypothesis>=6.100,<7",
@@ -40,6 +49,7 @@ EXTRAS_REQUIRE = {
     ],
     # libtpu describes TPU topologies on any host, for tools/aot_compile.py (no TPU needed)
     "tpu-aot": ["jax[tpu]>=0.10,<0.13"],
+    "gcs": ["google-cloud-storage>=2.14,<4"],  # orbax checkpoints in gs:// workdirs
 }
 
 setup(

@@ -11,15 +11,21 @@ worker processes while the next track is transcribed. Each step's mean metrics g
     python -m amt_jax.evaluate --workdir runs/of_cpu                 # the latest step
     python -m amt_jax.evaluate --workdir runs/of_cpu --all_steps     # every saved step
     python -m amt_jax.evaluate --workdir runs/of_cpu --watch         # new steps as they land
+
+The tracks stream from disk (one in memory at a time). On several hosts, start one
+process per host with ``--distributed`` (and ``--coordinator_address``,
+``--num_processes``, ``--process_id`` where ``jax.distributed`` cannot detect them): each
+process restores the parameters, transcribes its own share of the tracks on its own
+devices and scores them; the per-track metrics are gathered so the mean is the one a
+single process computes, and process 0 writes it.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import inspect
+import itertools
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -71,20 +77,6 @@ def options_from_gin(config_file: str) -> dict[str, Any]:
     return options
 
 
-def _score(args: tuple) -> dict[str, float]:
-    """One track's metrics (runs in a worker process)."""
-    from amt_jax.metrics import transcription
-
-    reference, estimate, with_velocity, granularities, convention = args
-    return transcription.track_metrics(
-        reference,
-        estimate,
-        with_velocity=with_velocity,
-        program_granularities=granularities,
-        frame_convention=convention,
-    )
-
-
 def evaluate_step(
     workdir: str,
     step: int | None,
@@ -96,35 +88,61 @@ def evaluate_step(
     decode_options: dict[str, Any] | None = None,
     batch_size: int | None = None,
     scoring_workers: int = 1,
+    scorer: Any = None,
 ) -> dict[str, float]:
-    """Mean metrics of one checkpoint step over ``tracks`` (``EvalTrack``s)."""
+    """Mean metrics of one checkpoint step over ``tracks`` (``EvalTrack``s).
+
+    With several processes (``jax.distributed``), ``tracks`` is this process's share
+    (:func:`amt_jax.train.evaluation.host_share`: global tracks ``process_index::
+    process_count``); each process restores the parameters and transcribes its share on
+    its own devices (no collectives), and the per-track metrics are gathered so every
+    process returns the mean over all tracks. ``scorer``: a
+    :class:`~amt_jax.metrics.scoring.TrackScorer` to reuse (else one with
+    ``scoring_workers`` processes for this call).
+    """
+    import jax
+
     from amt_jax.infer import transcribe as transcribe_lib
-    from amt_jax.metrics import transcription
+    from amt_jax.metrics import scoring, transcription
+    from amt_jax.train import evaluation
 
-    transcriber = transcribe_lib.Transcriber(
-        checkpoint=workdir, step=step, **({"batch_size": batch_size} if batch_size else {})
-    )
+    own_scorer = scorer is None
+    if own_scorer:
+        scorer = scoring.TrackScorer(
+            scoring_workers,
+            with_velocity=with_velocity,
+            program_granularities=program_granularities,
+            frame_convention=frame_convention,
+        )
+    processes, index = jax.process_count(), jax.process_index()
     options = dict(decode_options or {})
-    granularities = tuple(program_granularities)
-
-    def scoring_jobs(submit: Callable[..., Any]) -> list[Any]:
-        jobs = []
-        for track in tracks:
+    pending, per_track, error, transcriber = [], [], None, None
+    try:
+        tracks = iter(tracks)
+        first = next(tracks, None)  # a task that does not resolve fails before the restore
+        tracks = itertools.chain([] if first is None else [first], tracks)
+        transcriber = transcribe_lib.Transcriber(
+            checkpoint=workdir, step=step, **({"batch_size": batch_size} if batch_size else {})
+        )
+        for local, track in enumerate(tracks):
             result = transcriber.transcribe(track.audio_s, transcriber.sample_rate, **options)
-            job = (track.reference, result.sequence, with_velocity, granularities, frame_convention)
-            jobs.append(submit(_score, job))
-        return jobs
-
-    if scoring_workers <= 0:  # in this process, e.g. for debugging
-        per_track = scoring_jobs(lambda fn, job: fn(job))
-    else:  # spawned, not forked: JAX's threads make fork unsafe
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(scoring_workers, mp_context=context) as pool:
-            per_track = [job.result() for job in scoring_jobs(pool.submit)]
-    if not per_track:
+            # scored in a worker while the next track is transcribed
+            pending.append(
+                (index + local * processes, scorer.submit(track.reference, result.sequence))
+            )
+        per_track = [(i, future.result()) for i, future in pending]
+    except Exception as exc:  # the other processes wait for this one's metrics
+        if processes == 1:
+            raise
+        error = exc
+    finally:
+        if own_scorer:
+            scorer.close()
+    everything = evaluation.gather_track_metrics(per_track, error)
+    if not everything:
         raise ValueError(f"no eval tracks to score for '{workdir}'")
-    metrics = transcription.aggregate_track_metrics(per_track)
-    metrics["tracks"] = float(len(per_track))
+    metrics = transcription.aggregate_track_metrics(everything)
+    metrics["tracks"] = float(len(everything))
     metrics["step"] = float(transcriber.step)
     return metrics
 
@@ -139,7 +157,7 @@ def write_metrics(workdir: str, step: int, metrics: dict[str, float]) -> str:
     return path
 
 
-def _tracks_from_options(options: dict[str, Any]) -> Callable[[], Iterable[Any]]:
+def _tracks_from_options(options: dict[str, Any]) -> Callable[..., Iterable[Any]]:
     from amt_jax.train import inputs
 
     if options["task_name"] is None:
@@ -177,14 +195,32 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
         help="mir_eval processes (default 2; 0 scores in this process)",
     )
     parser.add_argument("--poll_seconds", type=float, default=60.0, help="--watch interval")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one process per host (jax.distributed): each transcribes its share of the tracks",
+    )
+    parser.add_argument("--coordinator_address", help="with --distributed: HOST:PORT")
+    parser.add_argument("--num_processes", type=int, help="with --distributed")
+    parser.add_argument("--process_id", type=int, help="with --distributed")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_flags(sys.argv[1:] if argv is None else argv)
-    from amt_jax.infer.transcribe import TranscriptionError
-    from amt_jax.models import checkpoints
+    import jax
 
+    from amt_jax.infer.transcribe import TranscriptionError
+    from amt_jax.metrics import scoring
+    from amt_jax.models import checkpoints
+    from amt_jax.partitioning import mesh as mesh_lib
+    from amt_jax.train import evaluation
+
+    if args.distributed:
+        mesh_lib.initialize_distributed(
+            args.coordinator_address, args.num_processes, args.process_id
+        )
+    scorer = None
     try:
         workdir = checkpoints.local_directory(args.workdir)
         config_file = os.path.join(workdir, "config.gin")
@@ -195,15 +231,16 @@ def main(argv: list[str] | None = None) -> int:
             options["task_name"] = args.eval_task
         load_tracks = _tracks_from_options(options)
         limit = args.max_tracks or options["max_eval_tracks"]
-        tracks = list(load_tracks())[:limit] if limit else list(load_tracks())
-        settings = dict(
-            frame_convention=options["frame_convention"],
+        scorer = scoring.TrackScorer(  # its workers stay up from step to step
+            args.scoring_workers,
             with_velocity=options["with_velocity"],
             program_granularities=options["program_granularities"],
-            decode_options=options["decode_options"],
-            batch_size=args.batch_size,
-            scoring_workers=args.scoring_workers,
+            frame_convention=options["frame_convention"],
         )
+        settings = dict(
+            decode_options=options["decode_options"], batch_size=args.batch_size, scorer=scorer
+        )
+        first_host = jax.process_index() == 0
         done: set[int] = set()
         while True:
             saved = checkpoints.checkpoint_steps(workdir)
@@ -215,11 +252,15 @@ def main(argv: list[str] | None = None) -> int:
                 todo = [step for step in saved if step not in done]
             else:
                 todo = saved[-1:] if saved else [None]  # None: an export's own step
+            todo = evaluation.allgather_objects(todo)[0]  # every host scores host 0's list
             for step in todo:
+                # this host's share of the tracks, streamed from disk again for each step
+                tracks = evaluation.host_share(load_tracks, max_tracks=limit)
                 metrics = evaluate_step(workdir, step, tracks, **settings)
-                path = write_metrics(workdir, int(metrics["step"]), metrics)
-                shown = {k: round(v, 4) for k, v in metrics.items() if k.endswith("F1")}
-                print(json.dumps({"step": int(metrics["step"]), **shown, "written": path}))
+                if first_host:
+                    path = write_metrics(workdir, int(metrics["step"]), metrics)
+                    shown = {k: round(v, 4) for k, v in metrics.items() if k.endswith("F1")}
+                    print(json.dumps({"step": int(metrics["step"]), **shown, "written": path}))
                 done.add(step)
             if not args.watch:
                 return 0
@@ -232,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as error:  # an unknown task name (amt_jax.data.tasks.get_task)
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
         return 1
+    finally:
+        if scorer is not None:
+            scorer.close()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "amt_jax"
 #: layer of each top-level part of amt_jax; lower layers never import higher ones
 LAYERS = {
     "heap": 0,
+    "storage": 0,  # local / file:// / gs:// paths for every entry point
     "audio": 0,
     "music": 0,
     "partitioning": 0,

@@ -62,17 +62,27 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from amt_jax.data import pipeline, tasks
+    import numpy as np
+
+    from amt_jax.data import chunks, tasks
 
     for config in ("tiny", "default"):
         tasks.register_synthetic_tasks(config, args.data_dir)
     spec = tasks.get_task(args.task)
-    iterator = pipeline.BatchIterator(args.task, 1, seed=args.seed)
-    print(f"task {spec.name}: {spec.tfds_name} split {spec.split}, family {spec.family.name}")
-    for step in range(args.n):
-        _, track, start = iterator.choose(step, 0)
-        print(f"example {step}: track {track.id} crop at {start / spec.family.sample_rate:.3f} s")
-        example = iterator.example(step, 0)
+    source = tasks.chunk_source(spec)
+    rng = np.random.default_rng(args.seed)
+    print(
+        f"task {spec.name}: {spec.tfds_name} split {spec.split}, family {spec.family.name}, "
+        f"{len(source)} chunks of {source.meta.num_tracks} tracks in {source.directory}"
+    )
+    for number in range(args.n):
+        chunk = chunks.decode_chunk(source[int(rng.integers(len(source)))])
+        start = chunks.random_start(rng, chunk, spec.family.window_samples)
+        seconds = (chunk.start_sample + start) / spec.family.sample_rate
+        print(
+            f"example {number}: track {chunk.track_id} chunk {chunk.index} crop at {seconds:.3f} s"
+        )
+        example = chunks.crop_example(chunk, start, spec.family)
         print("\n".join(describe_example(example, spec.family.vocab_layout)))
 
 

@@ -66,6 +66,26 @@ def register_mixture(
 
 
 def get_mixture(name: str) -> MixtureSpec:
+    """The tasks and normalised rates of a mixture or task, as seqio's registry defines
+    them (a mixture a user added with `seqio.MixtureRegistry.add` of amt_jax tasks works
+    too); names registered without seqio come from amt_jax's own table."""
+    import seqio  # noqa: PLC0415
+
+    if name in seqio.MixtureRegistry.names():
+        mixture = seqio.get_mixture_or_task(name)
+        names = tuple(t.name for t in mixture.tasks)
+        unknown = [n for n in names if n not in tasks.TASKS]
+        if unknown:
+            raise KeyError(
+                f"mixture {name!r} has tasks that are not amt_jax tasks (no chunk store to "
+                f"read): {unknown}; register them with amt_jax.data.tasks.register_task"
+            )
+        rates = np.array([mixture.get_rate(t) for t in mixture.tasks], np.float64)
+        if not np.all(rates >= 0) or rates.sum() <= 0:
+            raise ValueError(f"mixture {name!r} has rates {rates.tolist()}")
+        spec = MixtureSpec(name, names, tuple(float(r) for r in rates / rates.sum()))
+        spec.family()
+        return spec
     if name in MIXTURES:
         return MIXTURES[name]
     if name in tasks.TASKS:  # a task is a mixture of one

@@ -142,7 +142,7 @@ def mt3_targets(
 ) -> np.ndarray:
     """int32 [target_length]: tie section + events + EOS, zero-padded.
 
-    `ns` must already have sustain applied (`tasks.load_tracks` does it once per track).
+    `ns` must already have sustain applied (`tasks.decode_track` does it once per track).
     Too many tokens: the first `target_length - 1` are kept and EOS appended (seqio's
     `append_eos_after_trim`; MT3's own `handle_too_long` would stop the pipeline), and
     the trim is counted in `counter` (default `TRIM_COUNTS`) and logged every
@@ -174,13 +174,17 @@ def mt3_targets(
 
 
 def roll_targets(
-    ns: note_seq.NoteSequence, start_seconds: float, spec: FamilySpec
+    ns: note_seq.NoteSequence,
+    start_seconds: float,
+    spec: FamilySpec,
+    max_velocity: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Frame rolls of the window starting at `start_seconds` (drums are not drawn).
 
-    `ns` is the whole track: O&F velocities are scaled by its loudest note (magenta takes
-    the maximum before cutting the file into chunks), and labels of notes crossing the
-    window edges are those of the whole track on the window's frame grid.
+    O&F velocities are scaled by the track's loudest note, `max_velocity` (default: the
+    loudest note of `ns`, then the whole track; magenta takes the maximum before cutting
+    the file into chunks). Labels of notes crossing the window edges are those of the
+    whole track on the window's frame grid.
     """
     roll = rolls.notes_to_roll(
         ns,
@@ -192,7 +196,7 @@ def roll_targets(
         rule=spec.label_rule,
         onset_length_ms=spec.onset_length_ms,
         offset_length_ms=spec.offset_length_ms,
-        max_velocity=None if spec.name != "nmp" else 127.0,  # None: the track maximum
+        max_velocity=127.0 if spec.name == "nmp" else max_velocity,  # None: ns's maximum
     )
     if spec.name == "nmp":
         contour = np.zeros((spec.num_frames, basic_pitch.N_CONTOUR_BINS), np.float32)

@@ -5,9 +5,10 @@ Task names follow MT3's habit of encoding the target format in the name:
 `<dataset>_mt3_<vocab layout>_<split>`, `<dataset>_onsets_frames_<split>`,
 `<dataset>_nmp_<split>` (e.g. `synthetic_tiny_mt3_mt3_train`).
 
-Each task is also registered as a `seqio.Task` (tfds source + a crop/target preprocessor)
-so seqio tooling works; the trainer's fast path is `amt_jax.data.pipeline`, which reads the
-same tracks and builds the same examples with numpy.
+Each task is also registered as a `seqio.Task` whose source is the task's chunk store
+(`amt_jax.data.chunks`), so seqio's registry is where users find tasks, vocabularies and
+mixture rates; the trainer resolves names there (`mixtures.get_mixture`) and reads the
+same chunk stores through grain (`amt_jax.data.pipeline`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 
 import numpy as np
 
-from amt_jax.data import preprocessors
+from amt_jax.data import chunks, preprocessors
 from amt_jax.data.builders import common
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ class TaskSpec:
     split: str
     family: preprocessors.FamilySpec
     data_dir: str | None = None
+    # A chunk store made elsewhere (`chunks.write_store`), read instead of the one built
+    # beside the tfds dataset.
+    chunk_dir: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,31 +96,105 @@ def num_examples(spec: TaskSpec) -> int:
     return int(_builder(spec.tfds_name, spec.data_dir).info.splits[spec.split].num_examples)
 
 
-@functools.lru_cache(maxsize=16)
-def _load_tracks_cached(tfds_name, split, data_dir, sample_rate) -> tuple[Track, ...]:
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+def track_source(spec: TaskSpec):
+    """The split's tracks as a random-access source (tfds ArrayRecord): `len`, `[i]`.
 
+    Nothing is loaded until an index is read; a clear error if the dataset was prepared in
+    a format without random access (tfds' TFRecord default, from before amt_jax's builders
+    wrote ArrayRecord).
+    """
+    builder = _builder(spec.tfds_name, spec.data_dir)
+    try:
+        return builder.as_data_source(split=spec.split)
+    except NotImplementedError as e:
+        raise ValueError(
+            f"{spec.tfds_name} in {builder.data_dir} was prepared as "
+            f"{builder.info.file_format}, which cannot be read by index; rebuild it with "
+            "file_format='array_record' (the default of amt_jax's builders), e.g. "
+            f"`python tools/build_dataset.py {spec.tfds_name} --data_dir NEW_DIR`"
+        ) from e
+
+
+def decode_track(example: dict, sample_rate: int) -> Track:
+    """One tfds example as a Track: float32 audio at `sample_rate`, sustain applied.
+
+    Sustain-pedal extension is done once per track (MT3 applies it before tokenising; the
+    rolls need the same sounding notes), so crops need not redo it.
+    """
     from amt_jax.audio.io import resample  # noqa: PLC0415
     from amt_jax.music.sequences import apply_sustain  # noqa: PLC0415
 
-    builder = _builder(tfds_name, data_dir)
-    tracks = []
-    for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
-        audio = example["audio"].astype(np.float32) / 32768.0
-        audio = resample(audio, int(example["sample_rate"]), sample_rate)
-        # Sustain-pedal extension once per track (MT3 applies it before tokenising; the
-        # rolls need the same sounding notes), so crops need not redo it.
-        sequence = apply_sustain(common.decode_sequence(example["sequence"]))
-        tracks.append(Track(example["id"].decode(), audio, sequence))
-    tracks.sort(key=lambda t: t.id)  # a fixed order regardless of file shuffling
-    if not tracks:
-        raise ValueError(f"{tfds_name} split {split} has no examples")
-    return tuple(tracks)
+    audio = example["audio"].astype(np.float32) / 32768.0
+    audio = resample(audio, int(example["sample_rate"]), sample_rate)
+    sequence = apply_sustain(common.decode_sequence(example["sequence"]))
+    track_id = example["id"]
+    return Track(
+        track_id.decode() if isinstance(track_id, bytes) else str(track_id), audio, sequence
+    )
+
+
+def iter_tracks(spec: TaskSpec, *, shard_index: int = 0, num_shards: int = 1):
+    """Stream this shard's tracks (source indices shard_index, shard_index + num_shards, ...)
+    one at a time, at the family's sample rate: memory holds one track, whatever the split's
+    size, and `num_shards` hosts together see every track exactly once."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+    source = track_source(spec)
+    if len(source) == 0:
+        raise ValueError(f"{spec.tfds_name} split {spec.split} has no examples")
+    for index in range(shard_index, len(source), num_shards):
+        yield decode_track(source[index], spec.family.sample_rate)
+
+
+def chunk_source(
+    spec: TaskSpec,
+    *,
+    build_missing: bool = True,
+    chunk_seconds: float = chunks.DEFAULT_CHUNK_SECONDS,
+    tail_seconds: float = chunks.DEFAULT_TAIL_SECONDS,
+) -> chunks.ChunkSource:
+    """The task's chunk store (`amt_jax.data.chunks`), built on first use beside the tfds
+    dataset: the split streamed one track at a time, resampled to the family's rate."""
+    if spec.chunk_dir is not None:
+        return chunks.ChunkSource(spec.chunk_dir)
+    builder = _builder(spec.tfds_name, spec.data_dir)
+    dataset_dir = os.fspath(builder.data_dir)
+    if "://" in dataset_dir:
+        raise chunks.ChunkStoreError(
+            f"{spec.name}: the dataset is at {dataset_dir}; chunk stores are written and "
+            "read by index (ArrayRecord) on a local or mounted filesystem. Mount the bucket "
+            "(e.g. gcsfuse) and pass the mount point as data_dir"
+        )
+    directory = chunks.store_directory(
+        dataset_dir, spec.split, spec.family.sample_rate, chunk_seconds
+    )
+    if chunks.read_meta(directory) is None:
+        if not build_missing:
+            raise chunks.ChunkStoreError(
+                f"no chunk store for {spec.name} in {directory}; build it with "
+                f"`python -m amt_jax.data.chunks {spec.name}`"
+            )
+        num_tracks = len(track_source(spec))
+        log.info("%s: chunking %d tracks into %s", spec.name, num_tracks, directory)
+        chunks.write_store(
+            directory,
+            iter_tracks(spec),
+            spec.family.sample_rate,
+            chunk_seconds=chunk_seconds,
+            tail_seconds=tail_seconds,
+            num_tracks=num_tracks,
+            description=f"{spec.tfds_name} {spec.split} @ {spec.family.sample_rate} Hz",
+        )
+    source = chunks.ChunkSource(directory)
+    if source.meta.tail_seconds != tail_seconds:
+        log.info("%s: using the store's tail of %g s", directory, source.meta.tail_seconds)
+    return source
 
 
 def load_tracks(spec: TaskSpec) -> tuple[Track, ...]:
-    """All tracks of the task's split in memory at the family's sample rate (cached)."""
-    return _load_tracks_cached(spec.tfds_name, spec.split, spec.data_dir, spec.family.sample_rate)
+    """All tracks of the task's split in memory, sorted by id (small datasets and tests
+    only: training and evaluation stream through `iter_tracks` and the chunk store)."""
+    return tuple(sorted(iter_tracks(spec), key=lambda t: t.id))
 
 
 def output_shapes(family: preprocessors.FamilySpec) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -133,7 +212,34 @@ def output_shapes(family: preprocessors.FamilySpec) -> dict[str, tuple[tuple[int
     return shapes
 
 
+def _seqio_examples(task_name: str, split: str, shuffle_files: bool = False, seed=None):
+    """tf.data of the task's training crops, read from its chunk store through the same
+    grain transform as the trainer's pipeline (seed None: seed 0, still reproducible)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    spec = get_task(task_name)
+    shapes = output_shapes(spec.family)
+    source = chunk_source(spec)
+
+    def generate():
+        import grain  # noqa: PLC0415
+
+        dataset = grain.MapDataset.source(source).seed(0 if seed is None else int(seed))
+        if shuffle_files:
+            dataset = dataset.shuffle()
+        for example in dataset.random_map(chunks.CropTransform(spec.family)):
+            yield {key: example[key].astype(dtype) for key, (_, dtype) in shapes.items()}
+
+    signature = {
+        key: tf.TensorSpec(shape, tf.as_dtype(dtype)) for key, (shape, dtype) in shapes.items()
+    }
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
 def _register_seqio_task(spec: TaskSpec):
+    """The task in seqio's registry (names, vocabulary, output features), its source the
+    chunk store: `seqio.get_mixture_or_task(name).get_dataset(...)` yields the crops the
+    trainer trains on."""
     import seqio  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -141,38 +247,6 @@ def _register_seqio_task(spec: TaskSpec):
 
     family = spec.family
     shapes = output_shapes(family)
-
-    def crop_and_target(dataset, seed=None):
-        """One random window per track, targets built by `preprocessors.make_example`."""
-        del seed
-
-        def build(audio, sample_rate, serialized, example_id, crop_seed):
-            from amt_jax.audio.io import resample  # noqa: PLC0415
-            from amt_jax.music.sequences import apply_sustain  # noqa: PLC0415
-
-            audio = resample(
-                audio.astype(np.float32) / 32768.0, int(sample_rate), family.sample_rate
-            )
-            ns = apply_sustain(common.decode_sequence(serialized))
-            rng = np.random.default_rng(int(crop_seed))
-            start = preprocessors.random_crop_start(rng, len(audio), family.window_samples)
-            example = preprocessors.make_example(audio, ns, start, family, example_id.decode())
-            return [example[k].astype(dtype) for k, (_, dtype) in shapes.items()]
-
-        def map_fn(ex):
-            crop_seed = tf.random.uniform((), 0, 2**31 - 1, dtype=tf.int64)
-            values = tf.numpy_function(
-                build,
-                [ex["audio"], ex["sample_rate"], ex["sequence"], ex["id"], crop_seed],
-                [tf.as_dtype(dtype) for _, dtype in shapes.values()],
-            )
-            out = {}
-            for (key, (shape, _)), value in zip(shapes.items(), values):
-                out[key] = tf.ensure_shape(value, shape)
-            return out
-
-        return dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
-
     features = {
         key: seqio.ContinuousFeature(dtype=tf.as_dtype(dtype), rank=len(shape))
         for key, (shape, dtype) in shapes.items()
@@ -185,12 +259,12 @@ def _register_seqio_task(spec: TaskSpec):
         seqio.TaskRegistry.remove(spec.name)
     seqio.TaskRegistry.add(
         spec.name,
-        source=seqio.TfdsDataSource(
-            spec.tfds_name if ":" in spec.tfds_name else f"{spec.tfds_name}:1.0.0",
-            tfds_data_dir=spec.data_dir,
+        source=seqio.FunctionDataSource(
+            dataset_fn=functools.partial(_seqio_examples, spec.name),
             splits=(spec.split,),
+            caching_permitted=False,
         ),
-        preprocessors=[crop_and_target],
+        preprocessors=[],
         output_features=features,
         shuffle_buffer_size=None,
     )

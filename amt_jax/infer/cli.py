@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or directories")
-    parser.add_argument("-o", "--output-dir", default=".", help="where outputs go (default: .)")
+    parser.add_argument(
+        "-o",
+        "--output-dir",
+        default=".",
+        help="where outputs go: a directory or a URL such as gs://bucket/out (default: .)",
+    )
     parser.add_argument(
         "--model",
         choices=("nmp", "onsets_frames", "mt3"),
@@ -43,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         metavar="DIR",
-        help="training workdir or exported model (e.g. reference_runs/nmp) to load; its "
-        "model.json gives the family and config; required for mt3/onsets_frames",
+        help="training workdir or exported model (e.g. reference_runs/nmp, or a URL such as "
+        "gs://bucket/run) to load; its model.json gives the family and config; required for "
+        "mt3/onsets_frames",
     )
     parser.add_argument(
         "--batch-size",
@@ -164,11 +170,12 @@ def enable_compilation_cache(directory: str | None = None) -> None:
 
 def transcribe_one(transcriber, path: str, stem: str, args, options, reference: str | None) -> str:
     """Transcribe one file and write its outputs; returns a one-line summary."""
+    from amt_jax import storage
     from amt_jax.infer import outputs
 
-    base = os.path.join(args.output_dir, stem)
+    base = storage.join(args.output_dir, stem)
     midi_path = base + ".mid"
-    if os.path.exists(midi_path) and not args.overwrite:
+    if storage.exists(midi_path) and not args.overwrite:
         return f"'{path}': {midi_path} exists, skipped (use --overwrite)"
     started = time.perf_counter()
     result = transcriber.transcribe(path, **options)
@@ -221,12 +228,12 @@ def main(argv: list[str] | None = None, *, compilation_cache: bool = False) -> i
             note_options(args, args.model)
         except ValueError as error:
             parser.error(str(error))
-    if "://" in args.output_dir:  # a URL would be written locally as ./gs:/...
-        from amt_jax.models import checkpoints
+    if "://" in args.output_dir:  # never os.makedirs a URL (it would become ./gs:/...)
+        from amt_jax import storage
 
         try:
-            args.output_dir = checkpoints.local_directory(args.output_dir, "output directory")
-        except checkpoints.CheckpointError as error:
+            args.output_dir = storage.resolve(args.output_dir, "output directory")
+        except storage.StorageError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
     if args.checkpoint is not None:

@@ -1,7 +1,8 @@
 """Writers for transcriptions: MIDI, note CSV, posteriors (npz) and a piano-roll PNG.
 
 Every writer goes through :func:`atomic_write`: the content is written to a temporary
-name in the target directory and renamed into place, so an interrupted or failed run
+name in the target directory and renamed into place (for a URL such as ``gs://``: kept in
+memory and uploaded whole through :mod:`amt_jax.storage`), so an interrupted or failed run
 never leaves a partial file behind under the final name.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,13 +18,25 @@ from collections.abc import Iterator
 import numpy as np
 from note_seq.protobuf import music_pb2
 
+from amt_jax import storage
+
 CSV_COLUMNS = ("onset_s", "offset_s", "pitch", "velocity", "program", "is_drum")
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
-    """Open a temporary sibling of ``path``; on success rename it to ``path``."""
+    """Open a temporary sibling of ``path``; on success rename it to ``path``.
+
+    A URL (``gs://...``): an in-memory buffer, uploaded to ``path`` in one piece on success.
+    """
     path = os.fspath(path)
+    if storage.is_remote(path):
+        buffer = io.BytesIO() if "b" in mode else io.StringIO(newline="")
+        yield buffer
+        data = buffer.getvalue()
+        storage.makedirs(storage.dirname(path))
+        storage.write_bytes(path, data if isinstance(data, bytes) else data.encode("utf-8"))
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     prefix = f".{os.path.basename(path)}."

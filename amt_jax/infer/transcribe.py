@@ -451,7 +451,8 @@ _TRANSCRIBERS: dict[tuple, Transcriber] = {}
 
 def get_transcriber(model: str | None = None, checkpoint: Any = None, **kwargs: Any) -> Transcriber:
     """A cached :class:`Transcriber` (one compile per model, checkpoint and settings)."""
-    key = (model, None if checkpoint is None else os.path.abspath(os.fspath(checkpoint)))
+    where = None if checkpoint is None else os.fspath(checkpoint)
+    key = (model, None if where is None else where if "://" in where else os.path.abspath(where))
     key += tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
     if key not in _TRANSCRIBERS:
         _TRANSCRIBERS[key] = Transcriber(model, checkpoint, **kwargs)

@@ -11,16 +11,20 @@ A training workdir holds
 
 An *exported* model directory (``reference_runs/<family>/``) holds ``model.json`` and
 ``params.npz`` (parameters and model state only, no optimizer), and loads the same way.
+
+Every directory may be a local path or a URL that :mod:`amt_jax.storage` can use (``gs://``
+for everything; ``ram://`` and other tf.io.gfile-only schemes for records and exports but
+not orbax checkpoints); anything else is a one-line :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import json
 import logging
 import os
-import re
-import urllib.parse
 from typing import Any
 
 import jax
@@ -28,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from amt_jax import storage
 from amt_jax.models import families
 
 RECORD_FILE = "model.json"
@@ -42,47 +47,59 @@ class CheckpointError(ValueError):
 
 # --- where things are written ---------------------------------------------------------------
 
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+def _storage_errors(function):
+    """Storage problems (unusable scheme, unreachable bucket) surface as CheckpointErrors."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except storage.StorageError as error:
+            raise CheckpointError(str(error)) from None
+
+    return wrapper
+
+
+@_storage_errors
+def directory(path: str | os.PathLike, what: str = "workdir", *, orbax: bool = False) -> str:
+    """A local directory (``file://`` unwrapped) or a usable URL (see :mod:`amt_jax.storage`);
+    ``orbax``: orbax checkpoints must be readable and writable there too."""
+    return storage.resolve(path, what, checkpoints=orbax)
 
 
 def local_directory(path: str | os.PathLike, what: str = "workdir") -> str:
-    """A local or mounted directory path; ``file://`` URLs are accepted and unwrapped.
+    """A local or mounted directory path, for code that only works on local files;
+    ``file://`` URLs are accepted and unwrapped.
 
     Any other URL (``gs://``, ``s3://``, ...) is a clear error: ``os.makedirs`` and ``open``
-    would otherwise write it under the current directory as ``./gs:/bucket/...`` and lose
-    nothing loudly. Mount remote storage (e.g. gcsfuse) and pass the mount path.
+    would otherwise write it under the current directory as ``./gs:/bucket/...``.
     """
     text = os.fspath(path)
-    match = _URL_SCHEME.match(text)
-    if match is None:
-        return text
-    scheme = match.group(1).lower()
-    if scheme == "file":
-        parsed = urllib.parse.urlparse(text)
-        if parsed.netloc not in ("", "localhost"):
-            raise CheckpointError(f"{what} '{text}': file:// URLs must name a local path")
-        return urllib.parse.unquote(parsed.path)
+    if not storage.is_remote(text):
+        return directory(text, what)
     raise CheckpointError(
-        f"{what} '{text}': {scheme}:// storage is not supported; amt_jax writes checkpoints, "
-        "configs and TensorBoard logs to a local or mounted filesystem (mount the bucket, "
-        "e.g. with gcsfuse, and pass the mount path)"
+        f"{what} '{text}': {storage.scheme(text)}:// storage is not supported by this command, "
+        "which reads and writes local files; mount the bucket (e.g. with gcsfuse) and pass "
+        "the mount path"
     )
 
 
 # --- the model record -----------------------------------------------------------------------
 
 
+@_storage_errors
 def write_record(workdir: str | os.PathLike, config: Any) -> str:
     """Write ``model.json`` (family + config); an existing, different record is an error."""
-    workdir = local_directory(workdir)
+    workdir = directory(workdir)
     family = families.of_config(config)
     record = {
         "version": RECORD_VERSION,
         "family": family.name,
         "config": families.config_to_dict(config),
     }
-    path = os.path.join(os.fspath(workdir), RECORD_FILE)
-    if os.path.exists(path):
+    path = storage.join(workdir, RECORD_FILE)
+    if storage.exists(path):
         old_family, old_config = read_record(workdir)
         if old_family != family.name or old_config != config:
             diff = _config_difference(old_config, config) if old_family == family.name else ""
@@ -91,10 +108,8 @@ def write_record(workdir: str | os.PathLike, config: Any) -> str:
                 f"{diff}; use a new --workdir or the config it was trained with"
             )
         return path
-    os.makedirs(os.fspath(workdir), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    storage.makedirs(workdir)
+    storage.write_text(path, json.dumps(record, indent=2, sort_keys=True))
     return path
 
 
@@ -107,18 +122,18 @@ def _config_difference(old: Any, new: Any) -> str:
     return f" ({key}: recorded {old_d.get(key)!r}, given {new_d.get(key)!r})"
 
 
-def read_record(directory: str | os.PathLike) -> tuple[str, Any]:
+@_storage_errors
+def read_record(model_dir: str | os.PathLike) -> tuple[str, Any]:
     """``(family name, config)`` from a workdir's or an export's ``model.json``."""
-    directory = local_directory(directory, "checkpoint")
-    path = os.path.join(directory, RECORD_FILE)
-    if not os.path.isfile(path):
+    model_dir = directory(model_dir, "checkpoint")
+    path = storage.join(model_dir, RECORD_FILE)
+    if not storage.isfile(path):
         raise CheckpointError(
-            f"'{directory}' has no {RECORD_FILE}: not an amt_jax training workdir or exported "
+            f"'{model_dir}' has no {RECORD_FILE}: not an amt_jax training workdir or exported "
             "model (train with python -m amt_jax.train, which writes it)"
         )
     try:
-        with open(path) as f:
-            record = json.load(f)
+        record = json.loads(storage.read_text(path))
         family = families.get(record["family"])
         config = families.config_from_dict(family.config_class, record["config"])
     except (OSError, KeyError, TypeError, ValueError) as error:
@@ -126,15 +141,16 @@ def read_record(directory: str | os.PathLike) -> tuple[str, Any]:
     return family.name, config
 
 
+@_storage_errors
 def model_directory(path: str | os.PathLike) -> str:
     """A workdir, its ``checkpoints/`` or an export directory -> the directory of the record."""
-    path = os.path.abspath(local_directory(path, "checkpoint"))
-    if not os.path.isdir(path):
+    path = storage.absolute(directory(path, "checkpoint"))
+    if not storage.isdir(path):
         raise CheckpointError(f"checkpoint '{path}' is not a directory")
-    if os.path.basename(path) == CHECKPOINT_DIR and not os.path.isfile(
-        os.path.join(path, RECORD_FILE)
+    if storage.basename(path) == CHECKPOINT_DIR and not storage.isfile(
+        storage.join(path, RECORD_FILE)
     ):
-        return os.path.dirname(path)
+        return storage.dirname(path)
     return path
 
 
@@ -159,7 +175,8 @@ class Checkpointer:
     def __init__(
         self, workdir: str, *, save_every: int = 1000, keep: int = 3, async_save: bool = True
     ):
-        self.directory = os.path.join(os.path.abspath(local_directory(workdir)), CHECKPOINT_DIR)
+        workdir = storage.absolute(directory(workdir, orbax=True))
+        self.directory = storage.join(workdir, CHECKPOINT_DIR)
         self.save_every = save_every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
@@ -168,7 +185,7 @@ class Checkpointer:
             create=True,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data")
+            storage.orbax_path(self.directory), options=options, item_names=("state", "data")
         )
 
     def latest_step(self) -> int | None:
@@ -259,11 +276,18 @@ def _unflatten_into(target: dict[str, Any], flat: dict[str, np.ndarray], prefix:
     return out
 
 
-def _restore_orbax(directory: str, target: dict[str, Any], step: int | None) -> tuple[int, dict]:
-    checkpoints = os.path.join(directory, CHECKPOINT_DIR)
-    if not os.path.isdir(checkpoints):
-        raise CheckpointError(f"'{directory}' has neither {CHECKPOINT_DIR}/ nor {PARAMS_FILE}")
-    manager = ocp.CheckpointManager(checkpoints, item_names=("state", "data"))
+def _orbax_manager(model_dir: str) -> ocp.CheckpointManager:
+    """A read-only view of ``<model_dir>/checkpoints`` (remote: checked for orbax first)."""
+    storage.check_usable(model_dir, "checkpoint", checkpoints=True)
+    path = storage.orbax_path(storage.join(model_dir, CHECKPOINT_DIR))
+    return ocp.CheckpointManager(path, item_names=("state", "data"))
+
+
+def _restore_orbax(model_dir: str, target: dict[str, Any], step: int | None) -> tuple[int, dict]:
+    checkpoints = storage.join(model_dir, CHECKPOINT_DIR)
+    if not storage.isdir(checkpoints):
+        raise CheckpointError(f"'{model_dir}' has neither {CHECKPOINT_DIR}/ nor {PARAMS_FILE}")
+    manager = _orbax_manager(model_dir)
     try:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -288,18 +312,20 @@ def _restore_orbax(directory: str, target: dict[str, Any], step: int | None) -> 
     return step, restored
 
 
+@_storage_errors
 def checkpoint_steps(path: str | os.PathLike) -> list[int]:
     """The saved train-state steps of a workdir, oldest first (an export has none)."""
-    directory = os.path.join(model_directory(path), CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
+    model_dir = model_directory(path)
+    if not storage.isdir(storage.join(model_dir, CHECKPOINT_DIR)):
         return []
-    manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+    manager = _orbax_manager(model_dir)
     try:
         return sorted(int(step) for step in manager.all_steps())
     finally:
         manager.close()
 
 
+@_storage_errors
 def restore_model(path: str | os.PathLike, *, step: int | None = None) -> tuple[nnx.Module, int]:
     """The model recorded in a workdir (or export) with its trained parameters, in eval
     mode on the host, and the step it was saved at (exports: the step they record).
@@ -307,23 +333,28 @@ def restore_model(path: str | os.PathLike, *, step: int | None = None) -> tuple[
     Only ``params`` and ``model_state`` are read, so the optimizer and the training mesh do
     not matter.
     """
-    directory = model_directory(path)
-    family, config = read_record(directory)
+    model_dir = model_directory(path)
+    family, config = read_record(model_dir)
     abstract = abstract_model(family, config)
     graphdef, params_template, rng_template, rest_template = nnx.split(
         abstract, nnx.Param, nnx.RngState, ...
     )
     target = {"params": _host_target(params_template), "model_state": _host_target(rest_template)}
-    params_path = os.path.join(directory, PARAMS_FILE)
-    if os.path.isfile(params_path):
-        with np.load(params_path) as data:
+    params_path = storage.join(model_dir, PARAMS_FILE)
+    if storage.isfile(params_path):
+        source = (
+            io.BytesIO(storage.read_bytes(params_path))
+            if storage.is_remote(params_path)
+            else params_path
+        )
+        with np.load(source) as data:
             flat = {name: data[name] for name in data.files}
         restored = {part: _unflatten_into(target[part], flat, part) for part in target}
         step = int(flat.get("step", -1))
     else:
         # orbax cannot restore into an empty subtree (e.g. MT3 keeps no model state)
         present = {part: tree for part, tree in target.items() if jax.tree.leaves(tree)}
-        step, restored = _restore_orbax(directory, present, step)
+        step, restored = _restore_orbax(model_dir, present, step)
         restored = {part: restored.get(part, target[part]) for part in target}
     mismatched = [
         f"{jax.tree_util.keystr(p)}: saved {np.shape(saved)}, model {np.shape(wanted)}"
@@ -335,7 +366,7 @@ def restore_model(path: str | os.PathLike, *, step: int | None = None) -> tuple[
     ]
     if mismatched:
         raise CheckpointError(
-            f"'{directory}' step {step} does not fit the {family} model in {RECORD_FILE}: "
+            f"'{model_dir}' step {step} does not fit the {family} model in {RECORD_FILE}: "
             f"{'; '.join(mismatched[:3])}"
         )
     params_state = jax.tree.map(lambda x: x, params_template)
@@ -347,20 +378,22 @@ def restore_model(path: str | os.PathLike, *, step: int | None = None) -> tuple[
     return model, step
 
 
+@_storage_errors
 def export_params(
     workdir: str | os.PathLike, outdir: str | os.PathLike, *, step: int | None = None
 ) -> str:
     """Write ``outdir/{model.json, params.npz}``: a workdir's model without the optimizer."""
-    outdir = local_directory(outdir, "export directory")
+    outdir = directory(outdir, "export directory")
     model, step = restore_model(workdir, step=step)
     _, params, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     flat = _flatten({"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(rest)})
     flat["step"] = np.asarray(step)
-    os.makedirs(os.fspath(outdir), exist_ok=True)
+    storage.makedirs(outdir)
     write_record(outdir, model.config)
-    path = os.path.join(os.fspath(outdir), PARAMS_FILE)
-    np.savez_compressed(path + ".tmp.npz", **flat)
-    os.replace(path + ".tmp.npz", path)
+    path = storage.join(outdir, PARAMS_FILE)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **flat)
+    storage.write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -372,6 +405,7 @@ __all__ = [
     "Restored",
     "checkpoint_steps",
     "abstract_model",
+    "directory",
     "export_params",
     "local_directory",
     "model_directory",

@@ -39,17 +39,42 @@ def task_batches(
     seed: int = 0,
     synthetic_config: str | None = None,
     data_dir: str | None = None,
+    num_workers: int = 0,
+    num_threads: int = 1,
 ) -> Callable:
-    """Training data factory over a task or mixture (global batch ``batch_size``)."""
-    return functools.partial(_make_iterator, name, batch_size, seed, synthetic_config, data_dir)
+    """Training data factory over a task or mixture (global batch ``batch_size``).
+
+    ``num_workers``: grain worker processes per host making the crops (0: ``num_threads``
+    prefetch threads in the training process). The batches do not depend on either.
+    """
+    return functools.partial(
+        _make_iterator, name, batch_size, seed, synthetic_config, data_dir, num_workers, num_threads
+    )
 
 
-def _make_iterator(name, batch_size, seed, synthetic_config, data_dir, *, shard_index, num_shards):
+def _make_iterator(
+    name,
+    batch_size,
+    seed,
+    synthetic_config,
+    data_dir,
+    num_workers,
+    num_threads,
+    *,
+    shard_index,
+    num_shards,
+):
     from amt_jax.data import pipeline
 
     _prepare(synthetic_config, data_dir)
-    return pipeline.BatchIterator(
-        name, batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards
+    return pipeline.TrainIterator(
+        name,
+        batch_size,
+        seed=seed,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        num_workers=num_workers,
+        num_threads=num_threads,
     )
 
 
@@ -58,14 +83,19 @@ def task_eval_tracks(
     *,
     synthetic_config: str | None = None,
     data_dir: str | None = None,
-) -> Callable[[], Iterator[EvalTrack]]:
-    """Full tracks of a task's split (audio at the family's sample rate + reference)."""
+) -> Callable[..., Iterator[EvalTrack]]:
+    """Full tracks of a task's split (audio at the family's sample rate + reference),
+    streamed one at a time: ``(shard_index=0, num_shards=1) -> iterator`` over this host's
+    share (source indices ``shard_index::num_shards``), so hosts split the tracks."""
     return functools.partial(_tracks, task_name, synthetic_config, data_dir)
 
 
-def _tracks(task_name, synthetic_config, data_dir) -> Iterator[EvalTrack]:
+def _tracks(
+    task_name, synthetic_config, data_dir, *, shard_index: int = 0, num_shards: int = 1
+) -> Iterator[EvalTrack]:
     from amt_jax.data import tasks
 
     _prepare(synthetic_config, data_dir)
-    for track in tasks.load_tracks(tasks.get_task(task_name)):
+    spec = tasks.get_task(task_name)
+    for track in tasks.iter_tracks(spec, shard_index=shard_index, num_shards=num_shards):
         yield EvalTrack(track.id, track.audio, track.sequence)

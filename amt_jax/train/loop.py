@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 import tqdm
 
+from amt_jax import storage
 from amt_jax.models import checkpoints, families
 from amt_jax.partitioning import axes
 from amt_jax.partitioning import mesh as mesh_lib
@@ -104,7 +104,7 @@ def train(
     num_steps: int,
     batch_size: int | None = None,
     eval_data: DataFactory | None = None,
-    eval_tracks: Callable[[], Iterable[evaluation.EvalTrack]] | None = None,
+    eval_tracks: Callable[..., Iterable[evaluation.EvalTrack]] | None = None,
     mesh_data: int = -1,
     mesh_model: int = 1,
     num_devices: int | None = None,
@@ -124,6 +124,7 @@ def train(
     with_velocity: bool = False,
     program_granularities: Sequence[str] = (),
     frame_convention: str = "mt3",
+    eval_scoring_workers: int = 1,
     distributed: bool = False,
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -143,7 +144,11 @@ def train(
         batches (global batch = host batch x number of hosts).
       batch_size: the expected global batch size, checked against the mesh up front.
       eval_data: like ``train_data``, for the eval loss (``eval_loss_batches`` batches).
-      eval_tracks: ``() -> iterable of EvalTrack`` for full-track transcription metrics.
+      eval_tracks: ``(shard_index=, num_shards=) -> iterator of EvalTrack`` over this
+        host's share of the full tracks for transcription metrics (each host transcribes
+        its own share, the metrics are averaged over all; see
+        :mod:`amt_jax.train.evaluation`), or ``() -> iterable`` of all tracks, of which
+        each host keeps every ``num_processes``-th.
       mesh_data, mesh_model: mesh axis sizes (-1 = all remaining devices).
       num_devices: use only the first ``num_devices`` devices (default: all).
       rules: a rule-set name from :mod:`amt_jax.partitioning.rules` or explicit pairs.
@@ -152,6 +157,9 @@ def train(
       decode_options: note-creation options for the eval transcriptions (the model's
         ``decode_option_defaults`` otherwise).
       frame_convention: how eval frame F1 is counted (``metrics.transcription``).
+      eval_scoring_workers: mir_eval processes per host scoring tracks while the next
+        one is transcribed (0: score in the training thread). They are spawned, so a
+        script calling ``train`` needs an ``if __name__ == "__main__":`` guard.
       profile_steps: ``(first, last)`` steps (1-based, inclusive) to trace with
         ``jax.profiler`` into ``WORKDIR/profile`` (TensorBoard's profile plugin, Perfetto).
 
@@ -160,10 +168,10 @@ def train(
     the model and decoder evaluated here.
     """
     profile_window = _profile_window(profile_steps)
-    workdir = checkpoints.local_directory(workdir)
+    workdir = checkpoints.directory(workdir, orbax=True)  # local, file:// or e.g. gs://
     if distributed:
         mesh_lib.initialize_distributed(coordinator_address, num_processes, process_id)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     devices = None if num_devices is None else jax.devices()[:num_devices]
     mesh = mesh_lib.make_mesh(mesh_data, mesh_model, devices=devices)
     logical_rules = rules_lib.get_rules(rules)
@@ -192,7 +200,7 @@ def train(
         workdir, save_every=checkpoint_every, keep=keep_checkpoints, async_save=async_checkpoints
     )
     writer = summaries.SummaryWriter(
-        os.path.join(workdir, "tensorboard"), enabled=tensorboard and jax.process_index() == 0
+        storage.join(workdir, "tensorboard"), enabled=tensorboard and jax.process_index() == 0
     )
     logging.info("Mesh %s; rules %s", dict(mesh.shape), rules if isinstance(rules, str) else "")
 
@@ -221,6 +229,7 @@ def train(
             with_velocity=with_velocity,
             program_granularities=program_granularities,
             frame_convention=frame_convention,
+            scoring_workers=eval_scoring_workers,
         )
 
     def run_eval(step: int) -> dict[str, float]:
@@ -239,12 +248,11 @@ def train(
                     sums[name] = sums.get(name, 0.0) + value / eval_loss_batches
             results.update(sums)
         if evaluator is not None:
-            tracks = eval_tracks()
-            if max_eval_tracks is not None:
-                tracks = (t for i, t in enumerate(tracks) if i < max_eval_tracks)
+            # this host's share of the tracks; the metrics come back averaged over all
+            tracks = evaluation.host_share(eval_tracks, max_tracks=max_eval_tracks)
             metrics, pairs = evaluator.evaluate(state, tracks)
             results.update(metrics)
-            if pairs:
+            if pairs:  # host 0's first track is the split's first: the image as before
                 track, estimate = pairs[0]
                 writer.images(
                     step,
@@ -278,7 +286,7 @@ def train(
                 step_flops = trainer.train_step_flops(state, batch)
         while step < num_steps:
             if profile_window and step + 1 == profile_window[0]:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                jax.profiler.start_trace(storage.join(workdir, "profile"))
                 tracing = True
             state, metrics = trainer.train_step(state, batch)
             step += 1
@@ -289,7 +297,7 @@ def train(
                 logging.info(
                     "Profile of steps %d-%d in %s",
                     *profile_window,
-                    os.path.join(workdir, "profile"),
+                    storage.join(workdir, "profile"),
                 )
             data_state = data_iter.state()  # position after exactly ``step`` batches
             if step < num_steps:
@@ -334,4 +342,8 @@ def train(
         bar.close()
         checkpointer.close()
         writer.close()
+        if hasattr(data_iter, "close"):  # e.g. grain worker processes
+            data_iter.close()
+        if evaluator is not None:
+            evaluator.close()
     return TrainResult(step, last_train_metrics, eval_metrics, losses)

@@ -51,7 +51,11 @@ def parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--gin_search_path", action="append", default=[], help="extra directory for gin files"
     )
-    parser.add_argument("--workdir", help="checkpoints, TensorBoard logs, configs (required)")
+    parser.add_argument(
+        "--workdir",
+        help="checkpoints, TensorBoard logs, configs (required): a local path or a URL such "
+        "as gs://bucket/run",
+    )
     parser.add_argument(
         "--print_config", action="store_true", help="print the parsed gin config and exit"
     )
@@ -157,16 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.retain_freed_heap and not heap_retained:
         reason = heap.default_backend_is_cpu()[1]
         logging.info("C heap left as is (retaining is for glibc CPU training; %s)", reason)
-    from amt_jax.models import checkpoints
+    from amt_jax import storage
 
-    try:
-        args.workdir = checkpoints.local_directory(args.workdir)
-    except checkpoints.CheckpointError as error:
+    try:  # a local path, file:// or a usable URL such as gs://; nothing written otherwise
+        args.workdir = storage.resolve(args.workdir, "workdir", checkpoints=True)
+        storage.makedirs(args.workdir)
+        storage.write_text(storage.join(args.workdir, "config.gin"), gin.config_str())
+    except storage.StorageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    os.makedirs(args.workdir, exist_ok=True)
-    with open(os.path.join(args.workdir, "config.gin"), "w") as f:
-        f.write(gin.config_str())
 
     from amt_jax.train import loop
 
@@ -177,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 1
     finally:
-        with open(os.path.join(args.workdir, "operative_config.gin"), "w") as f:
-            f.write(gin.operative_config_str())
+        operative = storage.join(args.workdir, "operative_config.gin")
+        try:
+            storage.write_text(operative, gin.operative_config_str())
+        except (OSError, storage.StorageError) as error:  # do not hide the run's own error
+            logging.warning("Could not write %s: %s", operative, error)
     print(f"Finished at step {result.step}.")
     for name, value in sorted(result.eval_metrics.items()):
         print(f"  eval/{name}: {value:.4f}")

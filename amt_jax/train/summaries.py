@@ -1,5 +1,7 @@
-"""TensorBoard event files without importing TensorFlow (tensorboard's own writer).
+"""TensorBoard event files through tensorboard's own event writer.
 
+The writer goes through ``tf.io.gfile``, so ``logdir`` may be a local path or any URL that
+:mod:`amt_jax.storage` accepts (``gs://bucket/run/tensorboard``, ``ram://...`` in tests).
 Only the primary host writes; scalars are logged too so runs without TensorBoard still
 show progress.
 """
@@ -13,6 +15,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from amt_jax import storage
+
 
 class SummaryWriter:
     """Scalars and images for TensorBoard under ``logdir`` (no-op when ``logdir`` is None)."""
@@ -22,7 +26,9 @@ class SummaryWriter:
         if logdir is not None and enabled:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-            self._writer = EventFileWriter(logdir)
+            logdir = storage.resolve(logdir, "TensorBoard logdir")
+            with storage.errors(logdir):
+                self._writer = EventFileWriter(logdir)
 
     def _add(self, step: int, values: list) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2

@@ -1,11 +1,13 @@
 """Tasks, mixtures and the host pipeline on the tiny synthetic dataset."""
 
+import functools
 import os
 
+import grain
 import numpy as np
 import pytest
 
-from amt_jax.data import mixtures, pipeline, preprocessors, tasks
+from amt_jax.data import chunks, mixtures, pipeline, preprocessors, tasks
 from amt_jax.vocab import note_events
 from amt_jax.vocab.layouts import VocabularyConfig
 
@@ -30,11 +32,30 @@ def test_mixture_shares_follow_n_pow_tau(task_names):
     expected = np.array(hours) ** 0.3 / np.sum(np.array(hours) ** 0.3)
     np.testing.assert_allclose(mixture.rates, expected, rtol=1e-12)
     assert mixture.rates[0] == pytest.approx(0.318, abs=0.001)  # reference table: 31.8 %
-    iterator = pipeline.BatchIterator("fake_mix", 4, seed=1)
-    counts = np.bincount(
-        [iterator.choose(s, r)[0] for s in range(5000) for r in range(4)], minlength=6
-    )
-    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.01)
+    # Which task each example of the streaming pipeline comes from: tag each task's
+    # examples by its index, through the same grain mix the trainer uses.
+    iterator = pipeline.TrainIterator("fake_mix", 4, seed=1)
+    per_task = [
+        grain.MapDataset.range(10**6).map(functools.partial(lambda i, _: i, i))
+        for i in range(len(iterator.sources))
+    ]
+    tags = grain.MapDataset.mix(per_task, weights=list(iterator.mixture.rates))
+    counts = np.bincount([tags[k] for k in range(20000)], minlength=6)
+    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.01 * expected.max())
+    np.testing.assert_allclose(counts / counts.sum(), expected, rtol=0.01)
+
+
+def test_mixture_from_the_seqio_registry(task_names):
+    import seqio
+
+    names = ["synthetic_tiny_nmp_train", "synthetic_tiny_nmp_validation"]
+    if "user_nmp_mix" in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove("user_nmp_mix")
+    seqio.MixtureRegistry.add("user_nmp_mix", [(names[0], 3.0), (names[1], 1.0)])
+    spec = mixtures.get_mixture("user_nmp_mix")
+    assert spec.task_names == tuple(names) and spec.rates == (0.75, 0.25)
+    batch = pipeline.TrainIterator("user_nmp_mix", 2).batch_at(0)
+    assert batch["audio_bs"].shape == (2, 43844)
 
 
 def test_seqio_mixture_rates(task_names):
@@ -51,19 +72,50 @@ def test_seqio_mixture_rates(task_names):
 
 def test_batches_resume_and_shard_deterministically(task_names):
     name = "synthetic_tiny_onsets_frames_train"
-    full = pipeline.BatchIterator(name, 4, seed=7)
+    full = pipeline.TrainIterator(name, 4, seed=7)
     batches = [next(full) for _ in range(3)]
-    resumed = pipeline.BatchIterator(name, 4, seed=7)
+    assert full.state()["step"] == 3
+    resumed = pipeline.TrainIterator(name, 4, seed=7)
     resumed.restore(full.state() | {"step": 2})
     np.testing.assert_array_equal(next(resumed)["audio_bs"], batches[2]["audio_bs"])
+    # Two hosts: each reads its own rows, and together they make the one-host batch.
     halves = [
-        pipeline.BatchIterator(name, 4, seed=7, shard_index=k, num_shards=2).batch_at(1)
+        pipeline.TrainIterator(name, 4, seed=7, shard_index=k, num_shards=2).batch_at(1)
         for k in range(2)
     ]
     for key in batches[1]:
         np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), batches[1][key])
-    other_seed = pipeline.BatchIterator(name, 4, seed=8).batch_at(0)
+    other_seed = pipeline.TrainIterator(name, 4, seed=8).batch_at(0)
     assert not np.array_equal(other_seed["audio_bs"], batches[0]["audio_bs"])
+    with pytest.raises(ValueError, match="global_batch_size=4"):
+        pipeline.TrainIterator(name, 8, seed=7).restore(full.state())
+
+
+def test_worker_processes_give_the_same_batches(task_names):
+    name = "synthetic_tiny_mt3_mt3_train"
+    inline = pipeline.TrainIterator(name, 2, seed=3, step=1)
+    workers = pipeline.TrainIterator(name, 2, seed=3, step=1, num_workers=2)
+    try:
+        for _ in range(3):
+            a, b = next(inline), next(workers)
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+    finally:
+        workers.close()
+    assert workers.state()["step"] == 4
+
+
+def test_each_epoch_visits_every_chunk_in_a_new_order(task_names):
+    spec = tasks.get_task("synthetic_tiny_mt3_mt3_train")
+    source = tasks.chunk_source(spec)
+    n = len(source)
+    dataset = pipeline.task_examples(source, spec.family, seed=5)
+    ids = [
+        (chunk.track_id, chunk.index)
+        for chunk in (chunks.decode_chunk(r) for r in dataset._parent[: 2 * n])
+    ]
+    assert len(set(ids[:n])) == n and set(ids[:n]) == set(ids[n:])
+    assert ids[:n] != ids[n:]
 
 
 @pytest.mark.parametrize(
@@ -92,7 +144,7 @@ def test_batches_resume_and_shard_deterministically(task_names):
     ],
 )
 def test_batch_shapes_per_family(task_names, family, shapes):
-    batch = pipeline.BatchIterator(f"synthetic_tiny_{family}_train", 2).batch_at(0)
+    batch = pipeline.TrainIterator(f"synthetic_tiny_{family}_train", 2).batch_at(0)
     assert {k: v.shape for k, v in batch.items()} == shapes
     assert batch["audio_bs"].dtype == np.float32
     assert np.abs(batch["audio_bs"]).max() <= 1.0

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+from unittest import mock
 
 import numpy as np
 import pretty_midi
@@ -15,8 +16,9 @@ import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from amt_jax.data.builders import common
+from amt_jax.data.builders import beam_build, common
 from amt_jax.data.builders.cerberus4 import Cerberus4
 from amt_jax.data.builders.guitarset import GuitarSet
 from amt_jax.data.builders.maestro import MaestroV3
@@ -24,6 +26,7 @@ from amt_jax.data.builders.maestro.maestro_dataset_builder import read_metadata
 from amt_jax.data.builders.musicnet import MusicNet, MusicNetEm
 from amt_jax.data.builders.slakh import Slakh2100Redux, class_program
 from amt_jax.data.builders.urmp import Urmp
+from tests.data.test_beam_build import assert_same_builds
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "fixtures")
 FIXTURES = os.environ.get("AMT_JAX_FIXTURES", os.path.abspath(FIXTURES))
@@ -46,16 +49,31 @@ def _midi(path, notes, program=0, is_drum=False):
     pm.write(path)
 
 
-def _build(builder_cls, data_dir, manual_dir):
-    builder = builder_cls(data_dir=str(data_dir))
+# In-process keeps these small builds quick; the per-track functions still go through
+# Beam's pickling (FnApiRunner runs the pipeline from its serialized form).
+BEAM_FLAGS = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
+
+
+def _build(builder_cls, data_dir, manual_dir, **builder_kwargs):
+    """The plain build, after checking that a Beam build of the tree holds the same examples."""
+    builder = builder_cls(data_dir=str(data_dir), **builder_kwargs)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     )
+    on_beam = builder_cls(data_dir=f"{data_dir}_beam", **builder_kwargs)
+    with mock.patch.object(beam_build, "_items_locally", side_effect=AssertionError("local")):
+        on_beam.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=str(manual_dir), beam_options=PipelineOptions(flags=BEAM_FLAGS)
+            )
+        )
+    assert_same_builds(builder, on_beam)
     return builder
 
 
 def _all(builder, split):
-    return list(tfds.as_numpy(builder.as_dataset(split=split)))
+    source = builder.as_data_source(split=split)
+    return [source[i] for i in range(len(source))]
 
 
 def test_maestro_layout_and_bad_tracks(tmp_path, caplog):
@@ -79,6 +97,7 @@ def test_maestro_layout_and_bad_tracks(tmp_path, caplog):
     written = sum(s.num_examples for s in builder.info.splits.values())
     assert written == len(rows) - 2
     assert "corrupt MIDI" in caplog.text and "labels end at 6.00 s" in caplog.text
+    assert "Beam build skipped 2 examples" in caplog.text
     split = rows[0]["split"]
     example = _all(builder, split)[0]
     assert example["sample_rate"] == SR and example["audio"].dtype == np.int16
@@ -157,10 +176,7 @@ def test_slakh_programs_follow_classes(tmp_path):
 
 def test_slakh_submix10_train(tmp_path):
     manual = _slakh_tree(tmp_path / "manual", with_stems=True)
-    builder = Slakh2100Redux(config="submix10", data_dir=str(tmp_path / "tfds"))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
-    )
+    builder = _build(Slakh2100Redux, tmp_path / "tfds", manual, config="submix10")
     train = _all(builder, "train")
     assert len(train) == 10
     track_dir = manual / "slakh2100_flac_redux" / "train" / "Track00001"

@@ -122,3 +122,30 @@ def test_families_do_not_share_members():
             seen[name] = family
     assert soundfonts.family_of("MuseScore_General") == soundfonts.family_of("FluidR3_GM")
     assert soundfonts.family_of("sf_GMbank") == soundfonts.family_of("TimGM6mb")
+
+
+def test_render_job_does_not_depend_on_what_the_process_rendered_before():
+    # A Beam worker renders whatever pieces it is handed, in any order: a piece's audio
+    # must be a function of its job alone (a persistent synth fails this by a wide margin).
+    from amt_jax.data.synth import pieces
+
+    specs = [pieces.PieceSpec("generated", str(k), f"g{k}", 4.0) for k in range(3)]
+    jobs = [pieces.RenderJob(spec, "TimGM6mb", 0, SR) for spec in specs]
+    forward = {r["id"]: r["audio"] for r in map(pieces.render_job, jobs)}
+    backward = {r["id"]: r["audio"] for r in map(pieces.render_job, jobs[::-1])}
+    assert len(forward) == 3
+    for key, audio in forward.items():
+        np.testing.assert_array_equal(audio, backward[key], err_msg=key)
+
+
+def test_shared_soundfont_renders_the_same_bytes_as_a_loaded_one():
+    from amt_jax.data.synth import arrangements
+
+    song = arrangements.generate_song(3, 4.0)
+    path = soundfonts.resolve("TimGM6mb")
+    with render.FluidSynthRenderer(path, SR) as own:
+        expected = own.render(song).audio
+    for _ in range(2):  # the second synth reuses the first one's shared soundfont
+        with render.FluidSynthRenderer(path, SR, share_soundfont=True) as shared:
+            np.testing.assert_array_equal(shared.render(song).audio, expected)
+    assert np.abs(expected).max() > 1000

@@ -1,7 +1,8 @@
 """One host of the 2-process CPU test (run by test_multihost.py, not collected by pytest).
 
-Usage: python multihost_worker.py PORT PROCESS_ID NUM_PROCESSES GLOBAL_BATCH
-Prints one JSON line: this host's example ids and what it sees of the global batch.
+Usage: python multihost_worker.py PORT PROCESS_ID NUM_PROCESSES GLOBAL_BATCH CHUNK_DIR
+Prints one JSON line: this host's example ids (the chunk records the real training
+pipeline read, one track per record) and what it sees of the global batch.
 """
 
 import json
@@ -22,8 +23,6 @@ jax.distributed.initialize(
     initialization_timeout=120,
 )
 
-import dataclasses  # noqa: E402
-
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
@@ -33,34 +32,27 @@ from amt_jax.train import optimizers  # noqa: E402
 from amt_jax.train.trainer import Trainer, model_factory  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_multihost import TASK, register_task, track_of  # noqa: E402
 from tiny_model import TinyFrameModel  # noqa: E402
 
-NUM_TRACKS = 64
+register_task(sys.argv[5])
 
 
-@dataclasses.dataclass
-class IndexedIterator(pipeline.BatchIterator):
-    """The pipeline's row sharding (``batch_at``) over an in-memory table of tracks, so
-    the test needs no dataset build: row r of step s is track (s * batch + r) % 64."""
-
-    def __post_init__(self):
-        if self.global_batch_size % self.num_shards:
-            raise ValueError("global batch not divisible by shards")
-
-    def example(self, step, row):
-        track = (step * self.global_batch_size + row) % NUM_TRACKS
-        audio = np.full(128, track, np.float32)
-        return {"audio_bs": audio, "track_index": np.int32(track)}
+def host_batch_of(iterator):
+    """The pipeline's batch with each row's track (read from its audio) for the model."""
+    batch = next(iterator)
+    return {"audio_bs": batch["audio_bs"][:, :128], "track_index": track_of(batch["audio_bs"])}
 
 
 mesh = mesh_lib.make_mesh(-1, 1)  # data axis over all 4 global devices
 trainer = Trainer(
     model_factory(TinyFrameModel, {"hidden": 8, "dropout": 0.0}), optimizers.adam(), mesh
 )
-data = IndexedIterator(
-    "in-memory", global_batch, shard_index=jax.process_index(), num_shards=jax.process_count()
+data = pipeline.TrainIterator(
+    TASK, global_batch, seed=11, shard_index=jax.process_index(), num_shards=jax.process_count()
 )
-host_batch = next(data)
+host_batch = host_batch_of(data)
+one_host = host_batch_of(pipeline.TrainIterator(TASK, global_batch, seed=11))
 global_batch_arrays = trainer.global_batch(host_batch)
 tracks = global_batch_arrays["track_index"]
 gathered = multihost_utils.process_allgather(tracks, tiled=True)
@@ -78,6 +70,7 @@ print(
             "global_shape": list(tracks.shape),
             "gathered": [int(v) for v in np.asarray(gathered)],
             "addressable": local_rows,
+            "one_host": [int(t) for t in one_host["track_index"]],
         }
     ),
     flush=True,

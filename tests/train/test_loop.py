@@ -224,3 +224,29 @@ def test_profile_steps_write_a_jax_profiler_trace(tmp_path):
     assert traces and os.path.getsize(traces[0]) > 0
     with pytest.raises(ValueError, match="profile_steps must be"):
         run(tmp_path / "bad", 3, profile_steps=(3, 2))
+
+
+def test_host_share_divides_tracks_by_global_index_below_max_tracks():
+    tracks = make_tracks(5, segments=1)
+
+    def sharded(*, shard_index=0, num_shards=1):  # reads only its own tracks
+        return iter(tracks[shard_index::num_shards])
+
+    for source in (sharded, lambda: tracks):  # a () -> all callable is filtered per host
+        shares = [
+            [t.track_id for t in evaluation.host_share(source, shard_index=i, num_shards=2)]
+            for i in range(2)
+        ]
+        assert shares == [["track0", "track2", "track4"], ["track1", "track3"]]
+        capped = [
+            [
+                t.track_id
+                for t in evaluation.host_share(source, max_tracks=3, shard_index=i, num_shards=2)
+            ]
+            for i in range(2)
+        ]
+        assert capped == [["track0", "track2"], ["track1"]]  # the first 3 of the split
+    assert [t.track_id for t in evaluation.host_share(lambda: tracks, max_tracks=2)] == [
+        "track0",
+        "track1",
+    ]

@@ -18,6 +18,17 @@ from note_seq.protobuf import music_pb2
 log = logging.getLogger(__name__)
 
 
+DEFAULT_FILE_FORMAT = "array_record"
+
+
+class RandomAccessBuilder(tfds.core.GeneratorBasedBuilder):
+    """A tfds builder that writes ArrayRecord by default (tfds' default is TFRecord), so
+    readers can fetch any track by index (`builder.as_data_source`) and stream them."""
+
+    def __init__(self, *, file_format: str | None = DEFAULT_FILE_FORMAT, **kwargs):
+        super().__init__(file_format=file_format, **kwargs)
+
+
 def features(extra_text_fields: Iterable[str] = ()) -> tfds.features.FeaturesDict:
     spec = {
         "id": tfds.features.Text(),

@@ -127,11 +127,40 @@ def assign_channels(sequence: music_pb2.NoteSequence) -> dict[tuple[int, int, bo
     return {k: DRUM_CHANNEL if k[2] else channel_of_program[k[1]] for k in keys}
 
 
+_LOADED: dict[tuple[str, int], tuple[object, int]] = {}  # (path, rate) -> (synth, sfont*)
+
+
+def _loaded_soundfont(fluidsynth, path: str, sample_rate: int) -> int:
+    """Address of a `fluid_sfont_t` loaded once per process by a synth that never plays, for
+    fresh synths to share (`fluid_synth_add_sfont` does not copy or take ownership)."""
+    key = (path, sample_rate)
+    if key not in _LOADED:
+        lib = fluidsynth._fl
+        lib.fluid_synth_get_sfont_by_id.restype = ctypes.c_void_p
+        lib.fluid_synth_get_sfont_by_id.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        loader = fluidsynth.Synth(samplerate=float(sample_rate))
+        sfid = loader.sfload(path)
+        if sfid < 0:
+            raise OSError(f"FluidSynth could not load soundfont {path}")
+        _LOADED[key] = (loader, lib.fluid_synth_get_sfont_by_id(loader.synth, sfid))
+    return _LOADED[key][1]
+
+
 class FluidSynthRenderer:
-    """A persistent synth with one soundfont loaded (loading costs 0.1–3 s, so keep it)."""
+    """A synth with one soundfont loaded.
+
+    `share_soundfont=True` takes the soundfont from a per-process cache instead of loading it
+    (FluidR3_GM: 0.12 s), so a fresh renderer per piece is cheap. The output is the same
+    bytes as with a soundfont of its own (checked in tests/data/test_synth_render.py).
+    """
 
     def __init__(
-        self, soundfont_path: str, sample_rate: int = 16000, polyphony: int = 1024, gain=0.2
+        self,
+        soundfont_path: str,
+        sample_rate: int = 16000,
+        polyphony: int = 1024,
+        gain=0.2,
+        share_soundfont: bool = False,
     ):
         fluidsynth = _import_fluidsynth()
         self.sample_rate = int(sample_rate)
@@ -150,12 +179,22 @@ class FluidSynthRenderer:
             ctypes.c_int,
         ] * 2
         self._lib.fluid_synth_write_float.restype = ctypes.c_int
-        self._sfid = self._synth.sfload(soundfont_path)
+        self._shared_sfont = None
+        if share_soundfont:
+            lib = self._lib
+            lib.fluid_synth_add_sfont.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            lib.fluid_synth_add_sfont.restype = ctypes.c_int
+            lib.fluid_synth_remove_sfont.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            self._shared_sfont = _loaded_soundfont(fluidsynth, soundfont_path, self.sample_rate)
+            self._sfid = lib.fluid_synth_add_sfont(self._synth.synth, self._shared_sfont)
+        else:
+            self._sfid = self._synth.sfload(soundfont_path)
         if self._sfid < 0:
             raise OSError(f"FluidSynth could not load soundfont {soundfont_path}")
-        # A voice slot's first use sounds slightly different from later uses, so a fresh
-        # synth would not reproduce its own output. Using many slots once up front (every
-        # pitch at once) makes each render independent of what was rendered before.
+        # A voice slot's first use sounds slightly different from later uses; every pitch
+        # once up front uses many slots. This does not make a render independent of what
+        # this synth rendered before (other state persists): only a fresh synth is, which is
+        # why `pieces.render_job` makes one per piece.
         warm_up = music_pb2.NoteSequence(id="warm_up")
         for pitch in range(128):
             warm_up.notes.add(pitch=pitch, velocity=100, start_time=0.0, end_time=0.1)
@@ -163,8 +202,23 @@ class FluidSynthRenderer:
 
     def close(self):
         if self._synth is not None:
+            if self._shared_sfont is not None:  # not ours to free
+                self._remove_shared_sfont()
             self._synth.delete()
             self._synth = None
+
+    def _remove_shared_sfont(self):
+        # Removing the last soundfont resets every channel's program, and each of the 256
+        # channels then warns "No preset found": keep FluidSynth's warnings quiet meanwhile.
+        lib, warn = self._lib, 2  # FLUID_WARN
+        lib.fluid_set_log_function.restype = ctypes.c_void_p
+        lib.fluid_set_log_function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        previous = lib.fluid_set_log_function(warn, None, None)
+        try:
+            lib.fluid_synth_remove_sfont(self._synth.synth, self._shared_sfont)
+        finally:
+            lib.fluid_set_log_function(warn, previous, None)
+        self._shared_sfont = None
 
     def __enter__(self):
         return self

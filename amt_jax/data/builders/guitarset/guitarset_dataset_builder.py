@@ -15,7 +15,7 @@ import re
 import note_seq
 import tensorflow_datasets as tfds
 
-from amt_jax.data.builders import common
+from amt_jax.data.builders import beam_build, common
 
 INSTRUCTIONS = """
 Download GuitarSet (https://zenodo.org/record/3371780): `annotation.zip` and one audio
@@ -62,7 +62,7 @@ def read_jams(track_id: str, path: str, skips: common.SkipCounter):
     return sequence
 
 
-class GuitarSet(tfds.core.GeneratorBasedBuilder):
+class GuitarSet(beam_build.BeamWhenAsked, common.RandomAccessBuilder):
     """GuitarSet (mono microphone audio, 16 kHz) with notes from its JAMS annotations."""
 
     VERSION = tfds.core.Version("1.1.0")
@@ -88,22 +88,22 @@ class GuitarSet(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, manual_dir, split, ids):
         folder, suffix = AUDIO_VARIANTS[self.AUDIO_VARIANT]
-        skips = common.SkipCounter(self.name, split)
-        written = 0
-        for track_id in ids:
-            sequence = read_jams(
-                track_id, os.path.join(manual_dir, "annotation", f"{track_id}.jams"), skips
-            )
-            example = common.load_example(
-                track_id,
-                os.path.join(manual_dir, folder, track_id + suffix),
-                sequence,
-                [{"name": "guitar", "program": GUITAR_PROGRAM, "is_drum": False}],
-                skips,
-                player=track_id[:2],
-                mode=track_id.rsplit("_", 1)[-1],
-            )
-            if example is not None:
-                written += 1
-                yield track_id, example
-        skips.summary(written)
+        return beam_build.per_item(self, split, ids, track_examples, manual_dir, folder, suffix)
+
+
+def track_examples(track_id: str, skips: common.SkipCounter, manual_dir, folder, suffix):
+    """The example of one take (none if it is skipped)."""
+    sequence = read_jams(
+        track_id, os.path.join(manual_dir, "annotation", f"{track_id}.jams"), skips
+    )
+    example = common.load_example(
+        track_id,
+        os.path.join(manual_dir, folder, track_id + suffix),
+        sequence,
+        [{"name": "guitar", "program": GUITAR_PROGRAM, "is_drum": False}],
+        skips,
+        player=track_id[:2],
+        mode=track_id.rsplit("_", 1)[-1],
+    )
+    if example is not None:
+        yield track_id, example

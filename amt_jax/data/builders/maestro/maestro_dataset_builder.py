@@ -8,7 +8,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from amt_jax.data.builders import common
+from amt_jax.data.builders import beam_build, common
 
 INSTRUCTIONS = """
 Download MAESTRO v3.0.0 (https://magenta.tensorflow.org/datasets/maestro, the .zip with
@@ -42,7 +42,7 @@ def read_metadata(manual_dir: str) -> list[dict]:
     raise FileNotFoundError(f"no maestro-v*.json or .csv metadata in {manual_dir}. {INSTRUCTIONS}")
 
 
-class MaestroV3(tfds.core.GeneratorBasedBuilder):
+class MaestroV3(beam_build.BeamWhenAsked, common.RandomAccessBuilder):
     """MAESTRO: ~200 h of virtuosic piano with aligned MIDI (audio resampled to 16 kHz)."""
 
     VERSION = tfds.core.Version("3.0.0")
@@ -66,24 +66,22 @@ class MaestroV3(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, manual_dir, split, rows):
-        skips = common.SkipCounter(self.name, split)
-        written = 0
-        for row in rows:
-            track_id = os.path.splitext(os.path.basename(row["audio_filename"]))[0]
-            sequence = common.read_midi(
-                track_id, os.path.join(manual_dir, row["midi_filename"]), skips
-            )
-            example = common.load_example(
-                track_id,
-                os.path.join(manual_dir, row["audio_filename"]),
-                sequence,
-                [{"name": "piano", "program": 0, "is_drum": False}],
-                skips,
-                composer=row.get("canonical_composer", ""),
-                title=row.get("canonical_title", ""),
-                year=row.get("year", ""),
-            )
-            if example is not None:
-                written += 1
-                yield track_id, example
-        skips.summary(written)
+        return beam_build.per_item(self, split, rows, row_examples, manual_dir)
+
+
+def row_examples(row: dict, skips: common.SkipCounter, manual_dir: str):
+    """The example of one metadata row (none if the performance is skipped)."""
+    track_id = os.path.splitext(os.path.basename(row["audio_filename"]))[0]
+    sequence = common.read_midi(track_id, os.path.join(manual_dir, row["midi_filename"]), skips)
+    example = common.load_example(
+        track_id,
+        os.path.join(manual_dir, row["audio_filename"]),
+        sequence,
+        [{"name": "piano", "program": 0, "is_drum": False}],
+        skips,
+        composer=row.get("canonical_composer", ""),
+        title=row.get("canonical_title", ""),
+        year=row.get("year", ""),
+    )
+    if example is not None:
+        yield track_id, example

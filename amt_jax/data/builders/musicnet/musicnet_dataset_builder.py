@@ -14,7 +14,7 @@ import os
 import note_seq
 import tensorflow_datasets as tfds
 
-from amt_jax.data.builders import common
+from amt_jax.data.builders import beam_build, common
 
 INSTRUCTIONS = """
 MusicNet: download `musicnet.tar.gz` (https://zenodo.org/record/5120004) and untar it; pass
@@ -67,11 +67,43 @@ def track_ids(manual_dir: str) -> list[tuple[str, str]]:
     return out
 
 
-class MusicNet(tfds.core.GeneratorBasedBuilder):
+def csv_labels(manual_dir, track_id, official, skips):
+    path = os.path.join(manual_dir, f"{official}_labels", f"{track_id}.csv")
+    return read_csv_labels(track_id, path, skips)
+
+
+def em_labels(manual_dir, track_id, official, skips):
+    path = os.path.join(manual_dir, "musicnet_em", f"{track_id}.mid")
+    return common.read_midi(track_id, path, skips)
+
+
+def track_examples(ids: tuple[str, str], skips: common.SkipCounter, manual_dir, labels):
+    """The example of one recording (none if it is skipped); `labels` reads its notes."""
+    track_id, official = ids
+    sequence = labels(manual_dir, track_id, official, skips)
+    tracks = []
+    if sequence is not None:
+        tracks = [
+            {"name": f"program{p}", "program": p, "is_drum": False}
+            for p in sorted({n.program for n in sequence.notes})
+        ]
+    example = common.load_example(
+        track_id,
+        os.path.join(manual_dir, f"{official}_data", f"{track_id}.wav"),
+        sequence,
+        tracks,
+        skips,
+    )
+    if example is not None:
+        yield track_id, example
+
+
+class MusicNet(beam_build.BeamWhenAsked, common.RandomAccessBuilder):
     """MusicNet classical recordings (16 kHz) with csv note labels."""
 
     VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    LABELS = staticmethod(csv_labels)  # (manual_dir, track_id, official, skips) -> notes
 
     def _info(self):
         return tfds.core.DatasetInfo(builder=self, description=__doc__, features=common.features())
@@ -85,37 +117,12 @@ class MusicNet(tfds.core.GeneratorBasedBuilder):
             s: self._generate_examples(manual_dir, s, ids) for s, ids in by_split.items() if ids
         }
 
-    def _labels(self, manual_dir, track_id, official, skips):
-        path = os.path.join(manual_dir, f"{official}_labels", f"{track_id}.csv")
-        return read_csv_labels(track_id, path, skips)
-
     def _generate_examples(self, manual_dir, split, ids):
-        skips = common.SkipCounter(self.name, split)
-        written = 0
-        for track_id, official in ids:
-            sequence = self._labels(manual_dir, track_id, official, skips)
-            tracks = []
-            if sequence is not None:
-                tracks = [
-                    {"name": f"program{p}", "program": p, "is_drum": False}
-                    for p in sorted({n.program for n in sequence.notes})
-                ]
-            example = common.load_example(
-                track_id,
-                os.path.join(manual_dir, f"{official}_data", f"{track_id}.wav"),
-                sequence,
-                tracks,
-                skips,
-            )
-            if example is not None:
-                written += 1
-                yield track_id, example
-        skips.summary(written)
+        labels = self.LABELS  # a module-level function, so the Beam workers can unpickle it
+        return beam_build.per_item(self, split, ids, track_examples, manual_dir, labels)
 
 
 class MusicNetEm(MusicNet):
     """MusicNet audio with the MusicNetEM re-aligned MIDI labels (`musicnet_em/<id>.mid`)."""
 
-    def _labels(self, manual_dir, track_id, official, skips):
-        path = os.path.join(manual_dir, "musicnet_em", f"{track_id}.mid")
-        return common.read_midi(track_id, path, skips)
+    LABELS = staticmethod(em_labels)

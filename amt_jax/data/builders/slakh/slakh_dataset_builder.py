@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import yaml
 
-from amt_jax.data.builders import common
+from amt_jax.data.builders import beam_build, common
 
 INSTRUCTIONS = """
 Download Slakh2100 (https://zenodo.org/record/4599666, `slakh2100_flac_redux.tar.gz`) and
@@ -141,7 +141,7 @@ class SlakhConfig(tfds.core.BuilderConfig):
     min_submix_stems: int = 4
 
 
-class Slakh2100Redux(tfds.core.GeneratorBasedBuilder):
+class Slakh2100Redux(beam_build.BeamWhenAsked, common.RandomAccessBuilder):
     """Slakh2100 redux mixes (audio 16 kHz) with all audible stems' notes."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -170,66 +170,63 @@ class Slakh2100Redux(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, manual_dir, split):
-        if split == "train" and self.builder_config.train_submixes > 0:
-            yield from self._generate_submixes(manual_dir, split)
-            return
-        skips = common.SkipCounter(self.name, split)
-        written = 0
-        for track_dir in track_dirs(manual_dir, split):
-            track_id = os.path.basename(track_dir)
-            loaded = read_track(track_dir, track_id, skips)
-            if loaded is None:
-                continue
-            sequence, tracks, meta = loaded
-            example = common.load_example(
-                track_id,
-                os.path.join(track_dir, "mix.flac"),
-                sequence,
-                tracks,
-                skips,
-                uuid=str(meta.get("UUID", "")),
-            )
-            if example is not None:
-                written += 1
-                yield track_id, example
-        skips.summary(written)
-
-    def _generate_submixes(self, manual_dir, split):
         config = self.builder_config
-        skips = common.SkipCounter(self.name, split)
-        written = 0
-        for track_dir in track_dirs(manual_dir, split):
-            track_id = os.path.basename(track_dir)
-            try:
-                stems = audible_stems(track_dir)
-            except (FileNotFoundError, yaml.YAMLError) as e:
-                skips.skip(track_id, f"metadata: {e}")
-                continue
-            subsets = draw_submixes(track_id, stems, config.train_submixes, config.min_submix_stems)
-            for k, subset in enumerate(subsets):
-                example_id = f"{track_id}_sub{k}"
-                loaded = read_track(track_dir, example_id, skips, stem_ids=set(subset))
-                if loaded is None:
-                    continue
-                sequence, tracks, meta = loaded
-                try:
-                    audio = mix_stems(track_dir, subset)
-                except (OSError, ValueError) as e:
-                    skips.skip(example_id, f"stems: {e}")
-                    continue
-                example = common.load_example(
-                    example_id,
-                    track_dir,
-                    sequence,
-                    tracks,
-                    skips,
-                    audio=audio,
-                    uuid=str(meta.get("UUID", "")),
-                )
-                if example is not None:
-                    written += 1
-                    yield example_id, example
-        skips.summary(written)
+        dirs = track_dirs(manual_dir, split)
+        if split == "train" and config.train_submixes > 0:
+            args = (config.train_submixes, config.min_submix_stems)
+            return beam_build.per_item(self, split, dirs, submix_examples, *args)
+        return beam_build.per_item(self, split, dirs, mix_examples)
+
+
+def mix_examples(track_dir: str, skips: common.SkipCounter):
+    """The full-mix example of one track folder (none if it is skipped)."""
+    track_id = os.path.basename(track_dir)
+    loaded = read_track(track_dir, track_id, skips)
+    if loaded is None:
+        return
+    sequence, tracks, meta = loaded
+    example = common.load_example(
+        track_id,
+        os.path.join(track_dir, "mix.flac"),
+        sequence,
+        tracks,
+        skips,
+        uuid=str(meta.get("UUID", "")),
+    )
+    if example is not None:
+        yield track_id, example
+
+
+def submix_examples(track_dir: str, skips: common.SkipCounter, count: int, min_stems: int):
+    """`count` random sub-mixes (>= `min_stems` stems, seeded by the track) of one track."""
+    track_id = os.path.basename(track_dir)
+    try:
+        stems = audible_stems(track_dir)
+    except (FileNotFoundError, yaml.YAMLError) as e:
+        skips.skip(track_id, f"metadata: {e}")
+        return
+    for k, subset in enumerate(draw_submixes(track_id, stems, count, min_stems)):
+        example_id = f"{track_id}_sub{k}"
+        loaded = read_track(track_dir, example_id, skips, stem_ids=set(subset))
+        if loaded is None:
+            continue
+        sequence, tracks, meta = loaded
+        try:
+            audio = mix_stems(track_dir, subset)
+        except (OSError, ValueError) as e:
+            skips.skip(example_id, f"stems: {e}")
+            continue
+        example = common.load_example(
+            example_id,
+            track_dir,
+            sequence,
+            tracks,
+            skips,
+            audio=audio,
+            uuid=str(meta.get("UUID", "")),
+        )
+        if example is not None:
+            yield example_id, example
 
 
 def audible_stems(track_dir: str) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from amt_jax.data.builders import common
+from amt_jax.data.builders import beam_build, common
 from amt_jax.data.synth import pieces, soundfonts
 
 UNSEEN_SPLIT = "test_unseen_soundfont"
@@ -86,8 +86,34 @@ SMALL = SyntheticConfig(
 )
 
 
-class AmtSynthetic(tfds.core.GeneratorBasedBuilder):
-    """Slakh-like multi-instrument audio rendered offline from generated and corpus MIDI."""
+def _example(result: dict) -> tuple[str, dict]:
+    """(key, example) of a successful `pieces.render_job` result (both build paths)."""
+    return result["id"], common.make_example(
+        result["id"],
+        np.asarray(result["audio"], np.int16),
+        result["sample_rate"],
+        result["sequence"],
+        result["tracks"],
+        **{k: result[k] for k in EXTRA_FIELDS},
+    )
+
+
+def _job_examples(job: pieces.RenderJob, dataset: str, split: str) -> list[tuple[str, dict]]:
+    """The Beam path's per-job step: render on the worker, nothing for a failed piece."""
+    result = pieces.render_job(job)
+    if "error" in result:
+        beam_build.count_skip(dataset, split, result["name"], result["error"])
+        return []
+    return [_example(result)]
+
+
+class AmtSynthetic(beam_build.BeamWhenAsked, common.RandomAccessBuilder):
+    """Slakh-like multi-instrument audio rendered offline from generated and corpus MIDI.
+
+    Renders with `num_workers` processes, or on Apache Beam when `download_and_prepare`
+    gets a DownloadConfig with `beam_runner` / `beam_options` (see `beam_build`); every
+    piece gets a fresh synth, so both give the same examples for any worker count.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -155,6 +181,11 @@ class AmtSynthetic(tfds.core.GeneratorBasedBuilder):
         return jobs
 
     def _generate_examples(self, split, jobs):
+        if self.use_beam:
+            return beam_build.examples_transform(jobs, _job_examples, self.name, split, split=split)
+        return self._render_locally(split, jobs)
+
+    def _render_locally(self, split, jobs):
         skipped = common.SkipCounter(self.name, split)
         written = 0
         workers = int(os.environ.get("AMT_JAX_RENDER_WORKERS", self.builder_config.num_workers))
@@ -178,15 +209,5 @@ class AmtSynthetic(tfds.core.GeneratorBasedBuilder):
                     f"audio {audio_seconds:.0f} s, {speed:.0f}x real time", refresh=False
                 )
                 progress.update(1)
-                yield (
-                    result["id"],
-                    common.make_example(
-                        result["id"],
-                        np.asarray(result["audio"], np.int16),
-                        result["sample_rate"],
-                        result["sequence"],
-                        result["tracks"],
-                        **{k: result[k] for k in EXTRA_FIELDS},
-                    ),
-                )
+                yield _example(result)
         skipped.summary(written)

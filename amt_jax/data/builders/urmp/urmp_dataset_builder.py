@@ -14,7 +14,7 @@ import note_seq
 import numpy as np
 import tensorflow_datasets as tfds
 
-from amt_jax.data.builders import common
+from amt_jax.data.builders import beam_build, common
 
 INSTRUCTIONS = """
 Download URMP (https://labsites.rochester.edu/air/projects/URMP.html, `URMP.zip`) and unzip
@@ -67,7 +67,7 @@ def read_parts(piece_dir: str, piece: str, skips: common.SkipCounter):
     return sequence, tracks
 
 
-class Urmp(tfds.core.GeneratorBasedBuilder):
+class Urmp(beam_build.BeamWhenAsked, common.RandomAccessBuilder):
     """URMP ensemble mixes (16 kHz) with per-part notes."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -87,15 +87,15 @@ class Urmp(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(root, s, p) for s, p in by_split.items() if p}
 
     def _generate_examples(self, root, split, pieces):
-        skips = common.SkipCounter(self.name, split)
-        written = 0
-        for piece in pieces:
-            piece_dir = os.path.join(root, piece)
-            sequence, tracks = read_parts(piece_dir, piece, skips)
-            example = common.load_example(
-                piece, os.path.join(piece_dir, f"AuMix_{piece}.wav"), sequence, tracks, skips
-            )
-            if example is not None:
-                written += 1
-                yield piece, example
-        skips.summary(written)
+        return beam_build.per_item(self, split, pieces, piece_examples, root)
+
+
+def piece_examples(piece: str, skips: common.SkipCounter, root: str):
+    """The example of one piece folder (none if it is skipped)."""
+    piece_dir = os.path.join(root, piece)
+    sequence, tracks = read_parts(piece_dir, piece, skips)
+    example = common.load_example(
+        piece, os.path.join(piece_dir, f"AuMix_{piece}.wav"), sequence, tracks, skips
+    )
+    if example is not None:
+        yield piece, example
