@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -148,13 +149,30 @@ def evaluate_step(
 
 
 def write_metrics(workdir: str, step: int, metrics: dict[str, float]) -> str:
-    directory = os.path.join(workdir, EVAL_DIR)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"step_{step}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    """``WORKDIR/eval/step_<N>.json``, written whole (local path or e.g. gs:// URL)."""
+    from amt_jax import storage
+
+    directory = storage.join(workdir, EVAL_DIR)
+    storage.makedirs(directory)
+    path = storage.join(directory, f"step_{step}.json")
+    storage.write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
     return path
+
+
+def _local_config(workdir: str, scratch: str) -> str:
+    """The run's config.gin as a local file gin can parse (copied when the workdir is a
+    URL); a clear error when it is missing."""
+    from amt_jax import storage
+
+    config_file = storage.join(workdir, "config.gin")
+    if not storage.isfile(config_file):
+        raise ValueError(f"'{workdir}' has no config.gin: not a python -m amt_jax.train run")
+    if not storage.is_remote(config_file):
+        return config_file
+    local = os.path.join(scratch, "config.gin")
+    with open(local, "w", encoding="utf-8") as f:
+        f.write(storage.read_text(config_file))
+    return local
 
 
 def _tracks_from_options(options: dict[str, Any]) -> Callable[..., Iterable[Any]]:
@@ -222,11 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     scorer = None
     try:
-        workdir = checkpoints.local_directory(args.workdir)
-        config_file = os.path.join(workdir, "config.gin")
-        if not os.path.isfile(config_file):
-            raise ValueError(f"'{workdir}' has no config.gin: not a python -m amt_jax.train run")
-        options = options_from_gin(config_file)
+        workdir = checkpoints.directory(args.workdir, orbax=True)  # local, file:// or gs://
+        with tempfile.TemporaryDirectory() as scratch:
+            options = options_from_gin(_local_config(workdir, scratch))
         if args.eval_task:
             options["task_name"] = args.eval_task
         load_tracks = _tracks_from_options(options)
