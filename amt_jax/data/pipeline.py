@@ -37,12 +37,18 @@ def _task_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def task_examples(source, family: preprocessors.FamilySpec, seed: int):
-    """Infinite grain MapDataset of crops of one chunk source (new order every epoch)."""
+def task_records(source, seed: int):
+    """Infinite grain MapDataset of one chunk source's records: every chunk once per
+    epoch, in a new seeded order each epoch."""
     import grain  # noqa: PLC0415
 
-    dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-    return dataset.random_map(chunks.CropTransform(family))
+    return grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+
+
+def task_examples(source, family: preprocessors.FamilySpec, seed: int):
+    """Infinite grain MapDataset of crops of one chunk source (`task_records` + a seeded
+    random crop of each)."""
+    return task_records(source, seed).random_map(chunks.CropTransform(family))
 
 
 class TrainIterator:
